@@ -1,0 +1,367 @@
+"""The GPT-2 architecture, with GPT-2's module names so GPT-2 weights load.
+
+Owns: `GPT` (token + learned position embeddings, pre-LayerNorm blocks, causal
+self-attention, tanh-GELU MLP, output head tied to the token embedding), the KV cache
+for generation, and the inspection path that returns an explicit `Trace`.
+
+Attention has one module, two paths and one math: `F.scaled_dot_product_attention`
+for speed, and the explicit softmax(QKᵀ/√d)V when a view needs the probabilities.
+Does not own: decoding strategies (`core.generate`), derived views (`core.inspect`),
+files (`core.checkpoint`). Nothing here registers hooks on the model.
+
+Shape letters: B batch, T query length, S key length, C n_embd, nh heads, hs head size,
+V vocab size, L layers.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import math
+from dataclasses import dataclass, field
+from typing import Callable, Iterable
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .config import GPTConfig
+
+# --------------------------------------------------------------------------------------
+# KV cache
+
+
+class KVCache:
+    """Keys and values of every layer for positions [0, pos); `pos` is explicit.
+
+    k, v: (L, B, nh, max_len, hs). `advance(T)` is called once per forward, after all
+    layers have written their keys and values for the T new positions.
+    """
+
+    def __init__(self, config: GPTConfig, batch_size: int, max_len: int | None = None,
+                 device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32):
+        max_len = config.block_size if max_len is None else max_len
+        if not 1 <= max_len <= config.block_size:
+            raise ValueError(f"KV cache length {max_len} must be between 1 and block_size={config.block_size}")
+        shape = (config.n_layer, batch_size, config.n_head, max_len, config.head_size)
+        self.k = torch.zeros(shape, device=device, dtype=dtype)
+        self.v = torch.zeros(shape, device=device, dtype=dtype)
+        self.pos = 0
+        self.max_len = max_len
+
+    def write(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store (B, nh, T, hs) keys/values at [pos, pos+T); return all keys/values so far."""
+        T = k.size(2)
+        end = self.pos + T
+        self.k[layer, :, :, self.pos:end] = k
+        self.v[layer, :, :, self.pos:end] = v
+        return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
+
+    def advance(self, T: int) -> None:
+        self.pos += T
+
+    def reorder(self, index: torch.Tensor) -> None:
+        """Select batch rows (beam search): index is a (B',) long tensor."""
+        self.k = self.k.index_select(1, index)
+        self.v = self.v.index_select(1, index)
+
+
+# --------------------------------------------------------------------------------------
+# Modules, in dependency order
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.n_head = config.n_head
+        self.n_embd = config.n_embd
+        self.dropout = config.dropout
+        self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)
+        self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
+        self.attn_dropout = nn.Dropout(config.dropout)
+        self.resid_dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0,
+                need_weights: bool = False, head_mask: torch.Tensor | None = None,
+                record: dict | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        B, T, C = x.size()
+        nh, hs = self.n_head, C // self.n_head
+        q, k, v = self.c_attn(x).split(self.n_embd, dim=2)  # 3 × (B, T, C)
+        q = q.view(B, T, nh, hs).transpose(1, 2)  # (B, nh, T, hs)
+        k = k.view(B, T, nh, hs).transpose(1, 2)  # (B, nh, T, hs)
+        v = v.view(B, T, nh, hs).transpose(1, 2)  # (B, nh, T, hs)
+        past = 0
+        if cache is not None:
+            past = cache.pos
+            k, v = cache.write(layer, k, v)  # (B, nh, S, hs) with S = past + T
+        S = k.size(2)
+        if record is not None:
+            record["q"], record["k"], record["v"] = q, k, v
+
+        # Masks: T == S (no past) → plain causal; T == 1 → no mask (the one new token sees
+        # everything); a chunk after a past → bottom-right-aligned causal mask.
+        mask = None
+        if T != S and T > 1:
+            mask = torch.ones(T, S, dtype=torch.bool, device=x.device).tril(diagonal=past)
+
+        att = None
+        if need_weights:
+            # explicit math: softmax(QKᵀ/√d)V
+            scores = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(hs))  # (B, nh, T, S)
+            if T == S and T > 1:
+                mask = torch.ones(T, S, dtype=torch.bool, device=x.device).tril()
+            if mask is not None:
+                scores = scores.masked_fill(~mask, float("-inf"))
+            att = F.softmax(scores.float(), dim=-1).to(q.dtype)  # (B, nh, T, S)
+            y = self.attn_dropout(att) @ v  # (B, nh, T, hs)
+        else:
+            y = F.scaled_dot_product_attention(
+                q, k, v, attn_mask=mask,
+                dropout_p=self.dropout if self.training else 0.0,
+                is_causal=(mask is None and T == S and T > 1),
+            )  # (B, nh, T, hs)
+        if head_mask is not None:
+            y = y * head_mask.view(1, nh, 1, 1).to(y.dtype)
+        if record is not None:
+            record["z"] = y
+        y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, T, C): heads side by side
+        y = self.resid_dropout(self.c_proj(y))
+        return y, att
+
+
+class MLP(nn.Module):
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
+        self.gelu = nn.GELU(approximate="tanh")  # GPT-2's gelu_new
+        self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.dropout(self.c_proj(self.gelu(self.c_fc(x))))
+
+
+class Block(nn.Module):
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(config.n_embd, bias=config.bias, eps=1e-5)
+        self.attn = CausalSelfAttention(config)
+        self.ln_2 = nn.LayerNorm(config.n_embd, bias=config.bias, eps=1e-5)
+        self.mlp = MLP(config)
+
+    def forward(self, x, cache=None, layer=0, need_weights=False, head_mask=None, record=None):
+        a, att = self.attn(self.ln_1(x), cache, layer, need_weights, head_mask, record)
+        x = x + a
+        if record is not None:
+            record["resid_mid"] = x
+        x = x + self.mlp(self.ln_2(x))
+        return x, att
+
+
+# --------------------------------------------------------------------------------------
+# Inspection trace
+
+DEFAULT_KEEP = ("embed", "blocks.*.attn.pattern", "blocks.*.resid_post", "ln_f", "logits")
+
+TRACE_NAMES = {
+    "embed": "(B, T, C) token + position embedding (the residual stream entering block 0)",
+    "blocks.{i}.attn.q": "(B, nh, T, hs) queries",
+    "blocks.{i}.attn.k": "(B, nh, T, hs) keys",
+    "blocks.{i}.attn.v": "(B, nh, T, hs) values",
+    "blocks.{i}.attn.pattern": "(B, nh, T, T) attention probabilities, rows sum to 1",
+    "blocks.{i}.attn.z": "(B, nh, T, hs) per-head weighted sums of values",
+    "blocks.{i}.resid_mid": "(B, T, C) residual stream after attention",
+    "blocks.{i}.resid_post": "(B, T, C) residual stream after the block",
+    "ln_f": "(B, T, C) final layer norm output",
+    "logits": "(B, T, V) next-token logits",
+}
+
+
+@dataclass
+class Trace:
+    """Named tensors from one inspection forward pass (see `TRACE_NAMES` for shapes)."""
+
+    tensors: dict[str, torch.Tensor] = field(default_factory=dict)
+    n_layer: int = 0
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        try:
+            return self.tensors[name]
+        except KeyError:
+            raise KeyError(f"{name!r} is not in this trace; kept: {', '.join(self.tensors)}") from None
+
+    def __contains__(self, name: str) -> bool:
+        return name in self.tensors
+
+    def names(self) -> list[str]:
+        return list(self.tensors)
+
+    @property
+    def logits(self) -> torch.Tensor:
+        return self["logits"]
+
+    def patterns(self) -> torch.Tensor:
+        """All layers' attention probabilities stacked: (L, B, nh, T, T)."""
+        return torch.stack([self[f"blocks.{i}.attn.pattern"] for i in range(self.n_layer)])
+
+    def residuals(self) -> torch.Tensor:
+        """Residual stream after embedding and after each block: (L+1, B, T, C)."""
+        return torch.stack([self["embed"]] + [self[f"blocks.{i}.resid_post"] for i in range(self.n_layer)])
+
+
+def _keep_filter(keep) -> Callable[[str], bool]:
+    if keep is None:
+        keep = DEFAULT_KEEP
+    if callable(keep):
+        return keep
+    if isinstance(keep, str):
+        keep = (keep,)
+    patterns = tuple(keep)
+    return lambda name: any(fnmatch.fnmatchcase(name, p) for p in patterns)
+
+
+# --------------------------------------------------------------------------------------
+# The model
+
+
+class GPT(nn.Module):
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.config = config
+        self.transformer = nn.ModuleDict(dict(
+            wte=nn.Embedding(config.vocab_size, config.n_embd),
+            wpe=nn.Embedding(config.block_size, config.n_embd),
+            drop=nn.Dropout(config.dropout),
+            h=nn.ModuleList([Block(config) for _ in range(config.n_layer)]),
+            ln_f=nn.LayerNorm(config.n_embd, bias=config.bias, eps=1e-5),
+        ))
+        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        self.lm_head.weight = self.transformer.wte.weight  # tied head
+        self.apply(self._init_weights)
+        for name, p in self.named_parameters():
+            if name.endswith("c_proj.weight"):  # GPT-2's scaled init of residual projections
+                torch.nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
+
+    @staticmethod
+    def _init_weights(module: nn.Module) -> None:
+        if isinstance(module, nn.Linear):
+            torch.nn.init.normal_(module.weight, mean=0.0, std=0.02)
+            if module.bias is not None:
+                torch.nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            torch.nn.init.normal_(module.weight, mean=0.0, std=0.02)
+
+    def num_params(self, include_embeddings: bool = True) -> int:
+        n = sum(p.numel() for p in self.parameters())  # the tied head is one tensor
+        if not include_embeddings:
+            n -= self.transformer.wte.weight.numel() + self.transformer.wpe.weight.numel()
+        return n
+
+    def new_kv_cache(self, batch_size: int = 1, max_len: int | None = None) -> KVCache:
+        p = self.transformer.wte.weight
+        return KVCache(self.config, batch_size, max_len, device=p.device, dtype=p.dtype)
+
+    def _check_idx(self, idx: torch.Tensor, past: int) -> None:
+        if idx.dim() != 2:
+            raise ValueError(f"idx must be (B, T) token ids, got shape {tuple(idx.shape)}")
+        T = idx.size(1)
+        if T == 0:
+            raise ValueError("idx is empty: at least one token is needed")
+        if past + T > self.config.block_size:
+            raise ValueError(
+                f"sequence of {past + T} tokens exceeds the model's block_size={self.config.block_size}"
+            )
+
+    def _embed(self, idx: torch.Tensor, past: int) -> torch.Tensor:
+        T = idx.size(1)
+        pos = torch.arange(past, past + T, dtype=torch.long, device=idx.device)  # (T,)
+        tok_emb = self.transformer.wte(idx)  # (B, T, C)
+        pos_emb = self.transformer.wpe(pos)  # (T, C)
+        return tok_emb + pos_emb
+
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None,
+                kv_cache: KVCache | None = None, head_mask: torch.Tensor | None = None):
+        """Fast path. Returns (logits (B, T, V), loss or None); `targets` -1 is ignored."""
+        past = kv_cache.pos if kv_cache is not None else 0
+        self._check_idx(idx, past)
+        x = self.transformer.drop(self._embed(idx, past))  # (B, T, C)
+        for i, block in enumerate(self.transformer.h):
+            hm = head_mask[i] if head_mask is not None else None
+            x, _ = block(x, kv_cache, i, False, hm)
+        if kv_cache is not None:
+            kv_cache.advance(idx.size(1))
+        x = self.transformer.ln_f(x)
+        logits = self.lm_head(x)  # (B, T, V)
+        loss = None
+        if targets is not None:
+            loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)
+        return logits, loss
+
+    @torch.no_grad()
+    def trace(self, idx: torch.Tensor, keep: Iterable[str] | str | Callable[[str], bool] | None = None,
+              head_mask: torch.Tensor | None = None) -> Trace:
+        """Inspection path: one forward pass that records the named tensors `keep` selects.
+
+        `keep`: glob patterns over `TRACE_NAMES` (default `DEFAULT_KEEP`), or a predicate.
+        Layers whose pattern is not kept run on the SDPA path; the math is the same.
+        `head_mask`: (L, nh) multipliers on each head's output (0 ablates a head).
+        """
+        self._check_idx(idx, 0)
+        want = _keep_filter(keep)
+        out = Trace(n_layer=self.config.n_layer)
+        x = self._embed(idx, 0)  # (B, T, C); dropout is skipped for inspection
+        if want("embed"):
+            out.tensors["embed"] = x
+        for i, block in enumerate(self.transformer.h):
+            pre = f"blocks.{i}."
+            need = want(pre + "attn.pattern")
+            rec_names = [n for n in ("q", "k", "v", "z") if want(pre + "attn." + n)]
+            record = {} if (rec_names or want(pre + "resid_mid")) else None
+            hm = head_mask[i] if head_mask is not None else None
+            x, att = block(x, None, i, need, hm, record)
+            if need:
+                out.tensors[pre + "attn.pattern"] = att
+            for n in rec_names:
+                out.tensors[pre + "attn." + n] = record[n]
+            if want(pre + "resid_mid"):
+                out.tensors[pre + "resid_mid"] = record["resid_mid"]
+            if want(pre + "resid_post"):
+                out.tensors[pre + "resid_post"] = x
+        x = self.transformer.ln_f(x)
+        if want("ln_f"):
+            out.tensors["ln_f"] = x
+        logits = self.lm_head(x)
+        if want("logits"):
+            out.tensors["logits"] = logits
+        return out
+
+    def unembed(self, resid: torch.Tensor) -> torch.Tensor:
+        """Logit lens: final layer norm then output head on any residual stream (…, C) → (…, V)."""
+        return self.lm_head(self.transformer.ln_f(resid))
+
+    def describe_modules(self) -> list[dict]:
+        """One row per parameter group: name, shape, parameter count, what it does."""
+        cfg = self.config
+        rows = [
+            ("transformer.wte", tuple(self.transformer.wte.weight.shape), "Token embedding: one vector of n_embd numbers per token id (also the output head, tied)"),
+            ("transformer.wpe", tuple(self.transformer.wpe.weight.shape), "Position embedding: one learned vector per position 0..block_size-1, added to the token's"),
+        ]
+        for i, blk in enumerate(self.transformer.h):
+            rows += [
+                (f"transformer.h.{i}.ln_1", tuple(blk.ln_1.weight.shape), "Layer norm before attention"),
+                (f"transformer.h.{i}.attn.c_attn", tuple(blk.attn.c_attn.weight.shape), f"Attention: projects each token to query, key, value for {cfg.n_head} heads of {cfg.head_size} dims"),
+                (f"transformer.h.{i}.attn.c_proj", tuple(blk.attn.c_proj.weight.shape), "Attention output: mixes the heads back into the residual stream"),
+                (f"transformer.h.{i}.ln_2", tuple(blk.ln_2.weight.shape), "Layer norm before the feed-forward network"),
+                (f"transformer.h.{i}.mlp.c_fc", tuple(blk.mlp.c_fc.weight.shape), "Feed forward: expands to 4×n_embd, then GELU"),
+                (f"transformer.h.{i}.mlp.c_proj", tuple(blk.mlp.c_proj.weight.shape), "Feed forward: projects back to n_embd"),
+            ]
+        rows += [
+            ("transformer.ln_f", tuple(self.transformer.ln_f.weight.shape), "Final layer norm"),
+            ("lm_head", tuple(self.lm_head.weight.shape), "Output head: scores every vocabulary token (weights shared with wte, counted once)"),
+        ]
+        modules = dict(self.named_modules())
+        out = []
+        for name, shape, what in rows:
+            mod = modules[name]
+            n = 0 if name == "lm_head" else sum(p.numel() for p in mod.parameters(recurse=False))
+            out.append({"module": name, "shape": list(shape), "params": n, "role": what})
+        return out
