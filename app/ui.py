@@ -1,0 +1,89 @@
+"""The assembler: header, the one shared model picker, then one tab per module in `TABS`.
+
+Owns: the page's frame and the picker's wiring (refresh, and a rescan on every page load
+so new runs appear), the `/models` API endpoint, and the options passed to `launch()`
+(Gradio 6 takes theme and CSS there, not in `gr.Blocks`). Each tab lives in
+`app/tabs/<name>.py` with `TITLE` and `build(ctx, model_picker)`; adding a tab is one line
+in `TABS`. The picker's value is per browser session (a component value, never a global).
+Does not own: any tab's content, the models (`ctx.catalog`).
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+
+import gradio as gr
+
+from app.context import AppContext
+from app.tabs import md_escape
+
+# The tabs, in page order: each name is a module in app/tabs/ with TITLE and build(ctx, model_picker).
+TABS = (
+    "model",
+)
+
+INTRO = ("A visual LLM playground: follow text through a small GPT, from tokens and embeddings "
+         "through attention to the next-token probabilities, and train one yourself.")
+
+
+def _notice(ctx: AppContext) -> str:
+    text = ctx.catalog.notice()
+    return f"⚠️ {md_escape(text)}" if text else ""
+
+
+def build_app(ctx: AppContext) -> gr.Blocks:
+    """Build the whole page for `ctx` (call once; launch with `launch_kwargs(ctx)`)."""
+    catalog = ctx.catalog
+
+    def refresh(current: str | None):
+        """Rescan the catalog; keep this session's choice if it is still offered."""
+        choices = catalog.choices()
+        keys = {k for _, k in choices}
+        value = current if current in keys else catalog.default_key()
+        return gr.Dropdown(choices=choices, value=value), _notice(ctx)
+
+    def models() -> list[dict]:
+        """Every model on offer: key (pass it to /model_info and other endpoints), label, source."""
+        return [{"key": e.key, "label": e.label, "source": e.source} for e in catalog.entries()]
+
+    with gr.Blocks(title="Glassbox", analytics_enabled=False) as demo:
+        with gr.Row(elem_id="gb-header"):
+            gr.Markdown(f"# Glassbox\n{INTRO}", elem_id="gb-title")
+        with gr.Row(elem_id="gb-picker-row", equal_height=False):
+            picker = gr.Dropdown(
+                choices=catalog.choices(), value=catalog.default_key(), label="Model",
+                info="Used by every tab. Trained runs appear here (press ↻ after a run saves).",
+                allow_custom_value=True,  # keys are checked by the catalog; lets API callers pass any key
+                scale=6, elem_id="gb-model-picker",
+            )
+            refresh_btn = gr.Button("↻ Refresh", scale=0, min_width=110, size="sm", elem_id="gb-refresh")
+        notice = gr.Markdown(_notice(ctx), elem_id="gb-notice")
+        with gr.Tabs():
+            for name in TABS:
+                tab = importlib.import_module(f"app.tabs.{name}")
+                with gr.Tab(tab.TITLE, id=name):
+                    tab.build(ctx, picker)
+
+        refresh_btn.click(refresh, picker, [picker, notice], api_visibility="private")
+        demo.load(refresh, picker, [picker, notice], api_visibility="private")
+        gr.api(models, api_name="models")
+    return demo
+
+
+def launch_kwargs(ctx: AppContext) -> dict:
+    """Options for `demo.launch(**launch_kwargs(ctx))`. Host and port are left to Gradio,
+    which reads GRADIO_SERVER_NAME / GRADIO_SERVER_PORT (default 127.0.0.1:7860)."""
+    css = ctx.assets_dir / "style.css"
+    return dict(
+        # Gradio's bundled Source Sans Pro semibold file lacks some glyphs (a bold "B" falls back to
+        # another font): register regular and bold only, so semibold text uses the complete bold file.
+        theme=gr.themes.Default(
+            primary_hue="indigo", secondary_hue="slate", neutral_hue="slate",
+            font=[gr.themes.LocalFont("Source Sans Pro", weights=(400, 700)), "ui-sans-serif", "system-ui",
+                  "sans-serif"],
+        ),
+        css_paths=[css] if css.is_file() else None,
+        max_file_size=os.environ.get("GLASSBOX_MAX_UPLOAD", "2gb"),
+        show_error=False,
+    )
