@@ -21,6 +21,8 @@ from app.tabs import md_escape
 # The tabs, in page order: each name is a module in app/tabs/ with TITLE and build(ctx, model_picker).
 TABS = (
     "model",
+    "tokens",
+    "embeddings",
 )
 
 INTRO = ("A visual LLM playground: follow text through a small GPT, from tokens and embeddings "
