@@ -99,7 +99,7 @@ def model_info(entry: ModelEntry, ck: Checkpoint) -> dict:
         "label": entry.label,
         "source": entry.source,
         "format": ck.kind,
-        "path": str(ck.path or entry.path),
+        "folder": str(ck.path or entry.path),  # not "path": gradio_client would fetch it as a file
         "config": {**{k: v for k, v in cfg.to_dict().items() if k != "format_version"}, "head_size": cfg.head_size},
         "params": {
             "total": model.num_params(),
