@@ -11,6 +11,14 @@ five sources, and the loaded `core.checkpoint.Checkpoint`s (at most `max_residen
     path:/abs/folder        a Glassbox or GPT-2-layout folder a user typed
     hub:<repo>              a GPT-2-layout model from the Hugging Face Hub
 
+Many people share one server, so what one visitor adds is theirs: uploads and typed folders
+are listed only for the browser session that added them (`owner`, Gradio's session hash) and
+are reachable by others only through their unguessable key. Uploads older than `upload_ttl_s`
+are deleted. Typing a server folder can be switched off (`allow_paths`; off by default on
+Hugging Face Spaces, where the folder box would let anyone read the server's disk). Loaded
+models are bounded by count (`max_resident`) and by bytes (`max_resident_bytes`): the least
+recently used one is evicted first.
+
 Thread-safe: one lock guards the tables, and a per-key lock makes a model load once even
 when many requests ask for it at the same time. A cached model is reloaded when its files
 change on disk (a run's `latest` is rewritten while it trains).
@@ -27,6 +35,7 @@ import os
 import re
 import shutil
 import threading
+import time
 import uuid
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -47,6 +56,22 @@ PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".zip")
 _HUB_REPO = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}(/[A-Za-z0-9][A-Za-z0-9._-]{0,95})?$")
 _UPLOAD_ID = re.compile(r"^[0-9a-f]{12}$")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+MAX_NAME_CHARS = 1000  # a typed folder path or Hub name
+
+
+PRIVATE_SOURCES = ("upload", "path")  # listed only for the session that added them
+
+
+def _env_flag(name: str, default: bool) -> bool:
+    value = os.environ.get(name, "").strip().lower()
+    if not value:
+        return default
+    return value not in {"0", "false", "no", "off"}
+
+
+def paths_allowed_by_default() -> bool:
+    """GLASSBOX_ALLOW_PATHS if set; otherwise on, except on Hugging Face Spaces (SPACE_ID is set)."""
+    return _env_flag("GLASSBOX_ALLOW_PATHS", default=not os.environ.get("SPACE_ID"))
 
 
 @dataclass(frozen=True)
@@ -73,6 +98,21 @@ def _clean(text: str, limit: int = 60) -> str:
     """A user-supplied name made safe for a label: no control characters, bounded length."""
     text = _CONTROL.sub("", text).strip()
     return text if len(text) <= limit else "…" + text[-(limit - 1):]
+
+
+def _model_bytes(ck: Checkpoint) -> int:
+    # parameters() yields the tied embedding/head weight once
+    return sum(t.numel() * t.element_size() for t in ck.model.parameters())
+
+
+def default_resident_bytes() -> int:
+    """GLASSBOX_MODEL_MEMORY_MB (default 4096): the loaded models' budget."""
+    raw = os.environ.get("GLASSBOX_MODEL_MEMORY_MB", "").strip()
+    try:
+        mb = float(raw) if raw else 4096.0
+    except ValueError:
+        raise ValueError(f"GLASSBOX_MODEL_MEMORY_MB={raw!r} is not a number of megabytes") from None
+    return max(1, int(mb * 2**20))
 
 
 def _stamp(folder: Path) -> tuple:
@@ -102,9 +142,12 @@ class ModelCatalog:
 
     def __init__(self, bundled: str | Path | None, runs_dir: str | Path, uploads_dir: str | Path,
                  hub_cache_dir: str | Path | None = None, max_resident: int = 3, device: str = "cpu",
-                 max_bytes: int = checkpoint.DEFAULT_MAX_BYTES):
+                 max_bytes: int = checkpoint.DEFAULT_MAX_BYTES, max_resident_bytes: int | None = None,
+                 allow_paths: bool | None = None, upload_ttl_s: float = 24 * 3600):
         if isinstance(max_resident, bool) or not isinstance(max_resident, int) or max_resident < 1:
             raise ValueError(f"max_resident={max_resident!r} must be an integer >= 1")
+        if max_resident_bytes is not None and max_resident_bytes < 1:
+            raise ValueError(f"max_resident_bytes={max_resident_bytes!r} must be positive (None: the default budget)")
         self.bundled = Path(bundled).resolve() if bundled is not None else None
         self.runs_dir = Path(runs_dir).resolve()
         self.uploads_dir = Path(uploads_dir).resolve()
@@ -112,8 +155,12 @@ class ModelCatalog:
         self.max_resident = max_resident
         self.device = device
         self.max_bytes = max_bytes
+        self.max_resident_bytes = default_resident_bytes() if max_resident_bytes is None else max_resident_bytes
+        self.allow_paths = paths_allowed_by_default() if allow_paths is None else bool(allow_paths)
+        self.upload_ttl_s = upload_ttl_s
         self._lock = threading.Lock()
         self._added: dict[str, ModelEntry] = {}  # path: and hub: entries, in the order added
+        self._owners: dict[str, set[str]] = {}  # upload:/path: key -> the sessions that added it
         self._cache: OrderedDict[str, tuple[tuple, Checkpoint]] = OrderedDict()
         self._loading: dict[str, threading.Lock] = {}
 
@@ -130,18 +177,37 @@ class ModelCatalog:
         return (f"The bundled demo model is missing: there is no checkpoint at {self.bundled}. "
                 "Train one (see the README), or load a model from a folder, an upload or the Hub.")
 
-    def entries(self) -> list[ModelEntry]:
-        """Every model on offer, rescanning the runs and uploads folders now."""
+    def entries(self, owner: str | None = None) -> list[ModelEntry]:
+        """The models on offer, rescanning the runs and uploads folders now: everyone's (bundled,
+        runs, Hub) plus the uploads and folders that session `owner` added."""
         out = [e for e in [self.bundled_entry()] if e is not None]
         out += self._scan_runs()
-        out += self._scan_uploads()
         with self._lock:
-            out += list(self._added.values())
+            mine = {k for k, sessions in self._owners.items() if owner is not None and owner in sessions}
+            added = list(self._added.values())
+        out += [e for e in self._scan_uploads() if e.key in mine]
+        out += [e for e in added if e.source not in PRIVATE_SOURCES or e.key in mine]
         return out
 
-    def choices(self) -> list[tuple[str, str]]:
-        """(label, key) pairs for a `gr.Dropdown`."""
-        return [(e.label, e.key) for e in self.entries()]
+    def choices(self, owner: str | None = None, current: str | None = None) -> list[tuple[str, str]]:
+        """(label, key) pairs for a `gr.Dropdown`: `entries(owner)`, plus `current` if it is a valid
+        key not listed (a private model opened by its key)."""
+        entries = self.entries(owner)
+        out = [(e.label, e.key) for e in entries]
+        if current and current not in {e.key for e in entries}:
+            try:
+                e = self.entry(current)
+            except ValueError:
+                pass
+            else:
+                out.append((e.label, e.key))
+        return out
+
+    def own(self, key: str, owner: str | None) -> None:
+        """Record that session `owner` added `key` (an upload or a folder), so it is listed for it."""
+        if owner:
+            with self._lock:
+                self._owners.setdefault(key, set()).add(owner)
 
     def default_key(self) -> str | None:
         """The bundled model if present, else the newest run, else any model, else None."""
@@ -255,24 +321,39 @@ class ModelCatalog:
         with self._lock:
             self._cache[key] = (stamp, ck)
             self._cache.move_to_end(key)
-            while len(self._cache) > self.max_resident:
-                self._cache.popitem(last=False)
+            while len(self._cache) > self.max_resident or (
+                    len(self._cache) > 1 and self.resident_bytes_locked() > self.max_resident_bytes):
+                self._cache.popitem(last=False)  # least recently used; the newest always stays
+
+    def resident_bytes_locked(self) -> int:
+        return sum(_model_bytes(ck) for _, ck in self._cache.values())
+
+    def resident_bytes(self) -> int:
+        """Bytes of parameters held by the loaded models."""
+        with self._lock:
+            return self.resident_bytes_locked()
 
     def resident(self) -> list[str]:
         """Keys of the loaded models, least recently used first."""
         with self._lock:
             return list(self._cache)
 
-    def _register(self, entry: ModelEntry, ck: Checkpoint) -> str:
+    def _register(self, entry: ModelEntry, ck: Checkpoint, owner: str | None = None) -> str:
         if entry.source in ("path", "hub"):
             with self._lock:
                 self._added[entry.key] = entry
+        self.own(entry.key, owner)
         self._remember(entry.key, _stamp(entry.path), ck)
         return entry.key
 
     # ---- adding models ----------------------------------------------------------------
-    def add_path(self, text: str) -> str:
+    def add_path(self, text: str, owner: str | None = None) -> str:
         """Offer the checkpoint folder at a typed path (Glassbox or GPT-2 layout); returns its key."""
+        if not self.allow_paths:
+            raise ValueError("loading a folder from the server's disk is turned off on this server "
+                             "(GLASSBOX_ALLOW_PATHS=0): upload the checkpoint's files instead")
+        if len(text or "") > MAX_NAME_CHARS:
+            raise ValueError(f"that path is {len(text):,} characters long; the limit is {MAX_NAME_CHARS:,}")
         text = _CONTROL.sub("", text or "").strip().strip("'\"")
         if not text:
             raise ValueError("type the path of a checkpoint folder (it holds config.json and model.safetensors)")
@@ -293,9 +374,11 @@ class ModelCatalog:
         known = self._key_for_folder(folder)
         if known is not None:
             self.get(known)
+            self.own(known, owner)
             return known
         ck = checkpoint.load(folder, device=self.device, max_bytes=self.max_bytes)
-        return self._register(ModelEntry(f"path:{folder}", f"folder: {_clean(str(folder))}", "path", folder), ck)
+        return self._register(ModelEntry(f"path:{folder}", f"folder: {_clean(str(folder))}", "path", folder), ck,
+                              owner)
 
     def _key_for_folder(self, folder: Path) -> str | None:
         """The existing key of a folder the catalog already offers (bundled, a run, an upload)."""
@@ -315,7 +398,7 @@ class ModelCatalog:
             key = f"path:{folder}"
             return key if key in self._added else None
 
-    def add_upload(self, files: Iterable[str | Path] | None) -> str:
+    def add_upload(self, files: Iterable[str | Path] | None, owner: str | None = None) -> str:
         """Copy uploaded checkpoint files into a fresh uploads folder, validate, return the key.
 
         Accepted: one `*.safetensors` (stored as model.safetensors), config.json, and
@@ -358,6 +441,7 @@ class ModelCatalog:
                              f"{self.max_bytes / 1e9:.1f} GB")
         checkpoint.check_safetensors_file(plan[MODEL_FILE])  # refuses pickle / zip by their magic bytes
 
+        self.clean_uploads()
         uid = uuid.uuid4().hex[:12]
         self.uploads_dir.mkdir(parents=True, exist_ok=True)
         tmp, final = self.uploads_dir / f".tmp-{uid}", self.uploads_dir / uid
@@ -375,7 +459,30 @@ class ModelCatalog:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
         ck.path = final
-        return self._register(self._upload_entry(final), ck)
+        return self._register(self._upload_entry(final), ck, owner)
+
+    def clean_uploads(self, now: float | None = None) -> list[str]:
+        """Delete uploads (and half-written ones) older than `upload_ttl_s`; returns their names."""
+        now = time.time() if now is None else now
+        gone = []
+        try:
+            folders = list(self.uploads_dir.iterdir())
+        except OSError:
+            return gone
+        for d in folders:
+            if not (_UPLOAD_ID.match(d.name) or d.name.startswith(".tmp-")):
+                continue
+            try:
+                old = now - d.stat().st_mtime > self.upload_ttl_s
+            except OSError:
+                continue
+            if old:
+                shutil.rmtree(d, ignore_errors=True)
+                gone.append(d.name)
+                with self._lock:
+                    self._cache.pop(f"upload:{d.name}", None)
+                    self._owners.pop(f"upload:{d.name}", None)
+        return gone
 
     def add_hub(self, repo: str) -> str:
         """Download a GPT-2-layout model from the Hugging Face Hub (safetensors only); returns its key.
@@ -383,6 +490,8 @@ class ModelCatalog:
         Offline (HF_HUB_OFFLINE=1) only the local Hugging Face cache is used, so this fails at
         once with a clear message when the model was never downloaded.
         """
+        if len(repo or "") > MAX_NAME_CHARS:
+            raise ValueError(f"that model name is {len(repo):,} characters long; the limit is {MAX_NAME_CHARS:,}")
         repo = _CONTROL.sub("", repo or "").strip().strip("/")
         repo = re.sub(r"^https?://huggingface\.co/", "", repo)
         if not repo:

@@ -38,15 +38,17 @@ def build_app(ctx: AppContext) -> gr.Blocks:
     """Build the whole page for `ctx` (call once; launch with `launch_kwargs(ctx)`)."""
     catalog = ctx.catalog
 
-    def refresh(current: str | None):
-        """Rescan the catalog; keep this session's choice if it is still offered."""
-        choices = catalog.choices()
+    def refresh(current: str | None, request: gr.Request):
+        """Rescan the catalog (this session's own uploads and folders included); keep this
+        session's choice if it is still offered."""
+        choices = catalog.choices(getattr(request, "session_hash", None), current=current)
         keys = {k for _, k in choices}
         value = current if current in keys else catalog.default_key()
         return gr.Dropdown(choices=choices, value=value), _notice(ctx)
 
     def models() -> list[dict]:
-        """Every model on offer: key (pass it to /model_info and other endpoints), label, source."""
+        """The models on offer to everyone: key (pass it to /model_info and other endpoints), label,
+        source. Uploads and typed folders are listed only in the page of the visitor who added them."""
         return [{"key": e.key, "label": e.label, "source": e.source} for e in catalog.entries()]
 
     with gr.Blocks(title="Glassbox", analytics_enabled=False) as demo:

@@ -36,8 +36,8 @@ def no_network(monkeypatch):
     monkeypatch.setattr(socket, "create_connection", refuse)
 
 
-def keys(catalog):
-    return [k for _, k in catalog.choices()]
+def keys(catalog, owner=None):
+    return [k for _, k in catalog.choices(owner)]
 
 
 def test_lists_bundled_then_runs(catalog):
@@ -121,8 +121,13 @@ def test_add_path(catalog, tmp_path, tiny_ckpt):
     with pytest.raises(ValueError, match="not a checkpoint folder: config.json and model.safetensors missing"):
         catalog.add_path(str(tmp_path / "empty"))
     other = shutil.copytree(tiny_ckpt, tmp_path / "elsewhere" / "model")
-    key = catalog.add_path(f"  '{other}' ")
-    assert key == f"path:{other.resolve()}" and key in keys(catalog)
+    key = catalog.add_path(f"  '{other}' ", owner="alice")
+    assert key == f"path:{other.resolve()}" and key in keys(catalog, "alice")
+    assert key not in keys(catalog, "bob") and key not in keys(catalog)  # another visitor does not see it
+    assert catalog.get(key).config.n_layer == 2  # but its key works
+    assert key in [k for _, k in catalog.choices("bob", current=key)]
+    with pytest.raises(ValueError, match="the limit is 1,000"):
+        catalog.add_path("/x" * 600)
     assert catalog.get(key).config.n_layer == 2
     assert catalog.add_path(str(tiny_ckpt)) == BUNDLED_KEY  # a folder already offered keeps its key
     assert catalog.add_path(str(tiny_ckpt / "model.safetensors")) == BUNDLED_KEY
@@ -143,16 +148,55 @@ def _upload_files(tmp_path, tiny_ckpt, names=("model.safetensors", "config.json"
     return [Path(shutil.copy(tiny_ckpt / n, src / n)) for n in names]
 
 
-def test_upload_is_copied_validated_and_listed(catalog, tmp_path, tiny_ckpt):
-    key = catalog.add_upload(_upload_files(tmp_path, tiny_ckpt))
-    assert key.startswith("upload:") and key in keys(catalog)
-    label = dict((k, label) for label, k in catalog.choices())[key]
+def test_upload_is_copied_validated_and_listed_for_its_owner(catalog, tmp_path, tiny_ckpt):
+    key = catalog.add_upload(_upload_files(tmp_path, tiny_ckpt), owner="alice")
+    assert key.startswith("upload:") and key in keys(catalog, "alice")
+    assert key not in keys(catalog, "bob") and key not in keys(catalog)  # uploads are not shown to others
+    label = dict((k, label) for label, k in catalog.choices("alice"))[key]
     assert label == f"upload {key[7:13]}: 2 layers × 64 dims, 0.1M parameters"
     ck = catalog.get(key)
     assert ck.path.parent == tmp_path / "uploads" and ck.meta == {"note": "test"}
-    # it survives a restart: a new catalog over the same folders lists it
+    # it survives a restart: a new catalog over the same folders still opens it by its key
     again = ModelCatalog(bundled=None, runs_dir=tmp_path / "runs", uploads_dir=tmp_path / "uploads")
-    assert key in keys(again)
+    assert again.get(key).config.n_layer == 2 and key not in keys(again)
+
+
+def test_old_uploads_are_cleaned(catalog, tmp_path, tiny_ckpt):
+    import os
+    import time
+
+    key = catalog.add_upload(_upload_files(tmp_path, tiny_ckpt), owner="alice")
+    folder = tmp_path / "uploads" / key[len("upload:"):]
+    stale = tmp_path / "uploads" / ".tmp-deadbeef0000"  # a half-written upload from a crash
+    stale.mkdir()
+    assert catalog.clean_uploads() == []  # young: kept
+    old = time.time() - catalog.upload_ttl_s - 60
+    for d in (folder, stale):
+        os.utime(d, (old, old))
+    assert sorted(catalog.clean_uploads()) == sorted([folder.name, stale.name])
+    assert not folder.exists() and key not in keys(catalog, "alice")
+    with pytest.raises(ValueError, match="is gone"):
+        catalog.get(key)
+
+
+def test_folder_paths_can_be_switched_off(tmp_path, tiny_ckpt, runs, monkeypatch):
+    off = ModelCatalog(bundled=None, runs_dir=runs, uploads_dir=tmp_path / "up", allow_paths=False)
+    with pytest.raises(ValueError, match="turned off on this server"):
+        off.add_path(str(tiny_ckpt))
+    monkeypatch.delenv("GLASSBOX_ALLOW_PATHS", raising=False)
+    monkeypatch.setenv("SPACE_ID", "someone/glassbox")  # on Hugging Face Spaces: off unless asked for
+    assert ModelCatalog(bundled=None, runs_dir=runs, uploads_dir=tmp_path / "up").allow_paths is False
+    monkeypatch.setenv("GLASSBOX_ALLOW_PATHS", "1")
+    assert ModelCatalog(bundled=None, runs_dir=runs, uploads_dir=tmp_path / "up").allow_paths is True
+
+
+def test_resident_models_stay_within_the_memory_budget(tmp_path, tiny_ckpt, runs):
+    one = sum(p.numel() * 4 for p in checkpoint.load(tiny_ckpt).model.parameters())
+    cat = ModelCatalog(bundled=tiny_ckpt, runs_dir=runs, uploads_dir=tmp_path / "up", max_resident=5,
+                       max_resident_bytes=int(one * 1.5))
+    for key in ("bundled:demo", "run:r1/latest", "run:r1/best"):
+        cat.get(key)
+    assert cat.resident() == ["run:r1/best"] and cat.resident_bytes() == one  # the newest one stays
 
 
 def test_upload_refuses_pickle_and_strangers(catalog, tmp_path, tiny_ckpt):

@@ -157,9 +157,14 @@ def render(info: dict | None):
             figures.params_by_kind(info["params_by_kind"]), info["meta"])
 
 
-def picker_update(catalog: ModelCatalog, key: str) -> Any:
-    """Refresh the shared picker's choices and select `key` (fires its change event)."""
-    return gr.Dropdown(choices=catalog.choices(), value=key)
+def session_of(request: gr.Request | None) -> str | None:
+    """The browser session's id (what it added to the catalog is listed for it alone)."""
+    return getattr(request, "session_hash", None) if request is not None else None
+
+
+def picker_update(catalog: ModelCatalog, key: str, request: gr.Request | None = None) -> Any:
+    """Refresh the shared picker's choices for this session and select `key` (fires its change event)."""
+    return gr.Dropdown(choices=catalog.choices(session_of(request), current=key), value=key)
 
 
 def build(ctx, model_picker: gr.Dropdown) -> None:
@@ -187,7 +192,7 @@ def build(ctx, model_picker: gr.Dropdown) -> None:
                 files = gr.File(label="Checkpoint files", file_count="multiple",
                                 file_types=[".safetensors", ".json", ".txt"], height=120)
                 upload_btn = gr.Button("Load upload", size="sm")
-            with gr.Column(min_width=240):
+            with gr.Column(min_width=240, visible=catalog.allow_paths):
                 gr.Markdown("**A folder on this machine**: a Glassbox checkpoint or a GPT-2 folder "
                             "(Hugging Face layout).")
                 folder = gr.Textbox(label="Folder path", placeholder="/path/to/checkpoint", max_lines=1)
@@ -218,23 +223,23 @@ def build(ctx, model_picker: gr.Dropdown) -> None:
                         concurrency_limit=2, concurrency_id="model_info").success(
         render, info_json, shown, api_visibility="private")
 
-    def loaded(key: str):
+    def loaded(key: str, request: gr.Request | None):
         gr.Info(f"Loaded {html.escape(catalog.entry(key).label, quote=False)}")
-        return picker_update(catalog, key)
+        return picker_update(catalog, key, request)
 
     @user_errors
-    def load_upload(paths):
-        return loaded(catalog.add_upload(paths)), None
+    def load_upload(paths, request: gr.Request):
+        return loaded(catalog.add_upload(paths, owner=session_of(request)), request), None
 
     @user_errors
-    def load_folder(text):
-        return loaded(catalog.add_path(text))
+    def load_folder(text, request: gr.Request):
+        return loaded(catalog.add_path(text, owner=session_of(request)), request)
 
     @user_errors
-    def load_hub(name):
+    def load_hub(name, request: gr.Request):
         if name and name.strip():
-            gr.Info(f"Fetching {html.escape(name.strip(), quote=False)} from the Hugging Face Hub…")
-        return loaded(catalog.add_hub(name))
+            gr.Info(f"Fetching {html.escape(name.strip()[:200], quote=False)} from the Hugging Face Hub…")
+        return loaded(catalog.add_hub(name), request)
 
     heavy = dict(api_visibility="private", concurrency_limit=1, concurrency_id="model_load", show_progress="hidden")
     upload_btn.click(load_upload, files, [model_picker, files], **heavy)
