@@ -23,6 +23,7 @@ TABS = (
     "model",
     "tokens",
     "embeddings",
+    "attention",
 )
 
 INTRO = ("A visual LLM playground: follow text through a small GPT, from tokens and embeddings "

@@ -1,0 +1,346 @@
+"""Figures of the Attention tab: plain functions, arrays and labels in, a new `go.Figure` out.
+
+Owns: how attention is drawn — the layer × head grid of pooled float32 thumbnails (a
+12 × 12 grid at 1024 tokens is about 1.5 MB on the wire, under its 2 MB budget; see
+`payload_bytes`), the large view of one head or an aggregation (the causal upper triangle
+is NaN everywhere, drawn grey: masked, never zero), the query's row in every head, the equation's scores and softmax, the logit lens,
+per-head divergences between two models, two patterns side by side, and the effect of an
+ablation; plus the text of the equation panel. Token labels are data: they go through
+`safe` (plotly reads `<b>`-style tags in text, so `<`, `>` and `&` are written as entities,
+which it shows literally). Does not own: computing any of it (`core.inspect.attention`).
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import math
+from typing import Sequence
+
+import numpy as np
+import plotly.graph_objects as go
+from plotly.colors import sample_colorscale
+from plotly.subplots import make_subplots
+
+ATTN_SCALE = [[0.0, "#ffffff"], [0.04, "#eef2ff"], [0.15, "#c7d2fe"], [0.35, "#818cf8"],
+              [0.6, "#4f46e5"], [0.85, "#3730a3"], [1.0, "#1e1b4b"]]
+MASK_COLOR = "#cbd5e1"     # masked (future) cells: grey, distinct from a zero weight (white)
+STAT_SCALE = "Viridis"
+LENS_SCALE = "Greens"
+DIFF_SCALE = "Reds"
+
+
+def safe(text: object) -> str:
+    """A label for a plotly text field: shown literally, never read as a tag."""
+    return html.escape(str(text), quote=False)
+
+
+def _layout_dict(title: str, height: int, **kw) -> dict:
+    """The layout every figure here shares, as a plain dict."""
+    return dict(title=dict(text=title, x=0.0, xanchor="left", font=dict(size=14)), height=height,
+                margin=dict(l=10, r=10, t=50, b=10), paper_bgcolor="rgba(0,0,0,0)", plot_bgcolor="rgba(0,0,0,0)",
+                template="none", font=dict(family="system-ui, sans-serif", size=12), **kw)
+
+
+def _layout(fig: go.Figure, title: str, height: int, **kw) -> go.Figure:
+    fig.update_layout(title=dict(text=title, x=0.0, xanchor="left", font=dict(size=14)), height=height,
+                      margin=dict(l=10, r=10, t=50, b=10), paper_bgcolor="rgba(0,0,0,0)",
+                      plot_bgcolor="rgba(0,0,0,0)", template="none", font=dict(family="system-ui, sans-serif", size=12),
+                      **kw)
+    fig.update_xaxes(automargin=True)
+    fig.update_yaxes(automargin=True)
+    return fig
+
+
+def pooled_note(factor: int) -> str:
+    return f"pooled: each cell is the max of {factor}×{factor} tokens" if factor > 1 else ""
+
+
+def axis_labels(labels: Sequence[str], factor: int = 1) -> list[str]:
+    """Unique category labels "position token" (or "first–last" ranges when pooled)."""
+    if factor == 1:
+        return [f"{i} {safe(t)}" for i, t in enumerate(labels)]
+    T = len(labels)
+    return [f"{a}–{min(T, a + factor) - 1}" for a in range(0, T, factor)]
+
+
+# --------------------------------------------------------------------------------------
+# The grid
+
+
+def payload_bytes(fig: go.Figure) -> int:
+    """Bytes the figure costs on the wire: Gradio sends `fig.to_json()` as a JSON string."""
+    return len(json.dumps(fig.to_json()).encode())
+
+
+def attention_grid(thumbs: np.ndarray, factor: int, T: int, stat: np.ndarray | None = None,
+                   stat_label: str = "", focus: tuple[int, int] | None = None) -> go.Figure:
+    """Every head as a small heatmap (rows = queries, top to bottom; columns = keys),
+    layers down, heads across, one trace per head named `L{l} H{h}` (clicking one opens it:
+    `layout.meta.view` is "grid"). `thumbs` (L, nh, P, P) float32 with NaN above the
+    diagonal: masked cells are gaps over a grey tile, never zeros. `stat` (L, nh) colours
+    each tile's frame and joins its label. Built from plain dicts without plotly's
+    per-property validation (a 12 × 12 grid is 144 traces, 300 shapes and annotations)."""
+    L, nh, P = thumbs.shape[:3]
+    gap = max(2.0, 0.3 * P)
+    step = P + gap
+    z_all = np.asarray(thumbs, dtype=np.float32)
+    colors = None
+    if stat is not None:
+        finite = stat[np.isfinite(stat)]
+        lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
+        norm = (np.nan_to_num(stat, nan=lo) - lo) / ((hi - lo) or 1.0)
+        colors = np.array(sample_colorscale(STAT_SCALE, norm.ravel().tolist())).reshape(L, nh)
+    traces, shapes, notes = [], [], []
+    what = f"max weight of {factor}×{factor} tokens" if factor > 1 else "weight"
+    for l in range(L):
+        for h in range(nh):
+            x0, y0 = h * step, l * step
+            name = f"L{l} H{h}"
+            val = f" · {stat[l, h]:.2f}" if stat is not None and np.isfinite(stat[l, h]) else ""
+            traces.append(dict(
+                type="heatmap", z=z_all[l, h], x0=x0, dx=1, y0=y0, dy=1, zmin=0, zmax=1, colorscale=ATTN_SCALE,
+                showscale=(l == 0 and h == 0), name=name, hoverongaps=False,
+                hovertemplate=f"{name}{safe(val)} · {what} %{{z:.3f}}<br>click to open it large<extra></extra>",
+                colorbar=dict(title=dict(text="weight"), thickness=12, len=0.5, y=1, yanchor="top"),
+            ))
+            # the masked (future) triangle is NaN: the heatmap leaves a gap and this grey tile shows
+            shapes.append(dict(type="rect", x0=x0 - 0.5, x1=x0 + P - 0.5, y0=y0 - 0.5, y1=y0 + P - 0.5,
+                               fillcolor=MASK_COLOR, line=dict(width=0), layer="below"))
+            notes.append(dict(x=x0 + P / 2 - 0.5, y=y0 - 0.5, text=f"{name}{safe(val)}", showarrow=False,
+                              yanchor="bottom", font=dict(size=10 if nh <= 8 else 9)))
+            if colors is not None or focus == (l, h):
+                color = "#f59e0b" if focus == (l, h) else colors[l, h]
+                shapes.append(dict(type="rect", x0=x0 - 1, x1=x0 + P, y0=y0 - 1, y1=y0 + P,
+                                   line=dict(color=color, width=3 if focus == (l, h) else 2.5)))
+    if stat is not None:
+        traces.append(dict(type="scatter", x=[None], y=[None], mode="markers", hoverinfo="skip", showlegend=False,
+                           marker=dict(color=[lo, hi], colorscale=STAT_SCALE, showscale=True, cmin=lo, cmax=hi,
+                                       colorbar=dict(title=dict(text=safe(stat_label)), thickness=12, len=0.45,
+                                                     y=0, yanchor="bottom"))))
+    note = pooled_note(factor)
+    title = (f"Every head: {L} layers × {nh} heads · {T} tokens · grey = masked (future) · click a head to open it"
+             + (f" · {note}" if note else ""))
+    tile_px = min(150, 1000 / nh)
+    layout = _layout_dict(title, int(80 + L * tile_px * 1.3), annotations=notes, shapes=shapes, meta=dict(view="grid"),
+                          xaxis=dict(visible=False, range=[-1.5, nh * step - gap + 0.5], constrain="domain"),
+                          yaxis=dict(visible=False, range=[L * step - gap + 0.5, -0.4 * P - 2], scaleanchor="x"))
+    return go.Figure(data=traces, layout=layout, _validate=False)
+
+
+# --------------------------------------------------------------------------------------
+# One pattern, large
+
+
+def attention_heatmap(pattern: np.ndarray, labels: Sequence[str], factor: int, title: str,
+                      colorscale=ATTN_SCALE) -> go.Figure:
+    """A (N, N) pattern with token labels on both axes (ranges when pooled), the exact weight
+    on hover (the cell's max when pooled), NaN cells (future keys) drawn grey."""
+    ticks = axis_labels(labels, factor)
+    what = "max weight" if factor > 1 else "weight"
+    z = np.asarray(pattern, dtype=np.float32)
+    fig = go.Figure(go.Heatmap(
+        z=z, x=ticks, y=ticks, zmin=0, zmax=1, colorscale=colorscale, hoverongaps=False,
+        hovertemplate=f"query %{{y}}<br>key %{{x}}<br>{what} %{{z:.6f}}<extra></extra>",
+        colorbar=dict(title="weight", thickness=12),
+    ))
+    fig.update_xaxes(type="category", title="key (attended to)", tickangle=-60, tickfont=dict(size=9),
+                     showgrid=False, constrain="domain")
+    fig.update_yaxes(type="category", title="query", autorange="reversed", tickfont=dict(size=9),
+                     showgrid=False, scaleanchor="x")
+    note = pooled_note(factor)
+    fig = _layout(fig, safe(title) + (f" · {note}" if note else ""), height=700)
+    fig.update_layout(plot_bgcolor=MASK_COLOR)
+    return fig
+
+
+def focused_head(pattern: np.ndarray, labels: Sequence[str], factor: int, title: str) -> go.Figure:
+    """One head, large (`attention_heatmap`), marked so that clicking it goes back to the grid."""
+    fig = attention_heatmap(pattern, labels, factor, title + " · click it (or ← Back) to return to the grid")
+    fig.update_layout(meta=dict(view="head"))
+    return fig
+
+
+def side_by_side(a: np.ndarray, b: np.ndarray, labels: Sequence[str], factor: int,
+                 title_a: str, title_b: str, title: str) -> go.Figure:
+    """Two patterns of the same size next to each other, one colour scale."""
+    ticks = axis_labels(labels, factor)
+    fig = make_subplots(1, 2, subplot_titles=[safe(title_a), safe(title_b)], horizontal_spacing=0.08)
+    for col, z in ((1, a), (2, b)):
+        fig.add_trace(go.Heatmap(z=np.asarray(z, dtype=np.float32), x=ticks, y=ticks, zmin=0, zmax=1,
+                                 colorscale=ATTN_SCALE, showscale=col == 2, hoverongaps=False,
+                                 hovertemplate="query %{y}<br>key %{x}<br>weight %{z:.6f}<extra></extra>",
+                                 colorbar=dict(title="weight", thickness=12)), 1, col)
+    fig.update_xaxes(type="category", showgrid=False, tickfont=dict(size=8), tickangle=-60)
+    fig.update_yaxes(type="category", showgrid=False, tickfont=dict(size=8), autorange="reversed")
+    note = pooled_note(factor)
+    fig = _layout(fig, safe(title) + (f" · {note}" if note else ""), height=520)
+    fig.update_layout(plot_bgcolor=MASK_COLOR)
+    return fig
+
+
+# --------------------------------------------------------------------------------------
+# One query
+
+
+def query_heads(rows: np.ndarray, labels: Sequence[str], query: int, focus: tuple[int, int]) -> go.Figure:
+    """rows (L, nh, T): where the query token looks, in every head (one row per head; only
+    keys up to the query: later ones are masked). The focused head is framed."""
+    L, nh, _ = rows.shape
+    z = np.asarray(rows[:, :, : query + 1], dtype=np.float32).reshape(L * nh, query + 1)
+    heads = [f"L{l} H{h}" for l in range(L) for h in range(nh)]
+    keys = axis_labels(labels[: query + 1])
+    fig = go.Figure(go.Heatmap(z=z, x=keys, y=heads, zmin=0, zmax=1, colorscale=ATTN_SCALE,
+                               hovertemplate="%{y} → key %{x}<br>weight %{z:.6f}<extra></extra>",
+                               colorbar=dict(title="weight", thickness=12)))
+    r = focus[0] * nh + focus[1]
+    fig.add_shape(type="rect", xref="x domain", x0=0, x1=1, y0=r - 0.5, y1=r + 0.5,
+                  line=dict(color="#f59e0b", width=2))
+    fig.update_xaxes(type="category", tickangle=-60, tickfont=dict(size=9), showgrid=False)
+    fig.update_yaxes(type="category", autorange="reversed", tickfont=dict(size=9), showgrid=False)
+    title = f"Where token {query} ‘{safe(labels[query])}’ looks, in every head"
+    return _layout(fig, title, height=int(max(260, min(900, 90 + 16 * L * nh))))
+
+
+def token_strip(labels: Sequence[str], weights: np.ndarray, query: int) -> list[tuple[str, float | None]]:
+    """Value for a `gr.HighlightedText`: each token shaded by the query's weight on it
+    (scaled so the largest is full colour); tokens after the query get no shade."""
+    top = float(np.max(weights[: query + 1])) or 1.0
+    return [(str(t), round(float(weights[i]) / top, 4) if i <= query else None) for i, t in enumerate(labels)]
+
+
+# --------------------------------------------------------------------------------------
+# The equation
+
+
+def equation_figure(eq, labels: Sequence[str]) -> go.Figure:
+    """Two stacked bar charts over the keys up to the query: the scores q·k/√d, then the
+    softmax of them (the attention weights). Masked keys are listed in the title."""
+    n = eq.query + 1
+    keys = axis_labels(labels[:n])
+    fig = make_subplots(2, 1, shared_xaxes=True, vertical_spacing=0.12,
+                        subplot_titles=["scores  q·k / √d", "softmax → attention weights (sum to 1)"])
+    fig.add_trace(go.Bar(x=keys, y=eq.scores[:n], marker_color="#94a3b8",
+                         hovertemplate="key %{x}<br>q·k/√d = %{y:.6f}<extra></extra>"), 1, 1)
+    fig.add_trace(go.Bar(x=keys, y=eq.weights[:n], marker_color="#4f46e5",
+                         hovertemplate="key %{x}<br>weight = %{y:.6f}<extra></extra>"), 2, 1)
+    fig.update_xaxes(type="category", tickangle=-60, tickfont=dict(size=9))
+    masked = len(eq.weights) - n
+    title = (f"L{eq.layer} H{eq.head}, query {eq.query} ‘{safe(labels[eq.query])}’ · "
+             + (f"{masked} later keys masked (−∞ → weight 0)" if masked else "no later keys to mask"))
+    return _layout(fig, title, height=460, showlegend=False)
+
+
+def _vec(v: np.ndarray, k: int = 6) -> str:
+    head = ", ".join(f"{x:+.3f}" for x in v[:k])
+    return f"[{head}{', …' if len(v) > k else ''}]"
+
+
+def equation_markdown(eq, labels: Sequence[str]) -> str:
+    """The equation with this head's numbers, step by step (markdown; labels escaped)."""
+    n = eq.query + 1
+    top = int(np.argmax(eq.weights[:n]))
+    tok = lambda i: f"{i} ‘{_md(labels[i])}’"  # noqa: E731
+    return "\n".join([
+        f"**Attention(Q, K, V) = softmax(QKᵀ / √d) V** — layer {eq.layer}, head {eq.head}, "
+        f"query {tok(eq.query)}; d = head size = {eq.head_size}, so 1/√d = {eq.scale:.4f}.",
+        "",
+        f"1. **Query** q = W_q·x = {_vec(eq.q)} ({eq.head_size} numbers, all in the table below).",
+        f"2. **Scores**: q·k for each of the {n} keys it may see, times 1/√d. "
+        f"Keys after the query are **masked** (score −∞), {len(eq.weights) - n} of them.",
+        f"3. **Softmax** turns the scores into weights that sum to {eq.weights[:n].sum():.6f}; "
+        f"the largest, {eq.weights[top]:.4f}, is on key {tok(top)}.",
+        f"4. **Weighted sum of the values** z = Σ weight·v = {_vec(eq.z)}.",
+        "",
+        f"Recomputed here from q, k, v, the weights match the model's own attention row to "
+        f"{eq.weights_err:.1e} and z matches the head's output to {eq.z_err:.1e}.",
+    ])
+
+
+def _md(text: object) -> str:
+    import re
+
+    return re.sub(r"([\\`*_{}\[\]()#+\-.!|~>])", r"\\\1", html.escape(str(text), quote=False))
+
+
+def equation_rows(eq, labels: Sequence[str]) -> list[list]:
+    """One row per key up to the query: position, token, q·k, q·k/√d, weight, ‖v‖, weight·‖v‖."""
+    return [[j, str(labels[j]), round(float(eq.dots[j]), 6), round(float(eq.scores[j]), 6),
+             round(float(eq.weights[j]), 6), round(float(eq.v_norms[j]), 4),
+             round(float(eq.weights[j] * eq.v_norms[j]), 4)] for j in range(eq.query + 1)]
+
+
+EQUATION_HEADERS = ["key", "token", "q·k", "q·k/√d", "softmax", "‖v‖", "weight·‖v‖"]
+
+
+def vector_rows(eq) -> tuple[list[str], list[list]]:
+    """Headers and rows of the vectors: q, z recomputed, z from the model."""
+    headers = ["vector"] + [f"d{i}" for i in range(eq.head_size)]
+    rows = [["q (query)"] + [round(float(x), 5) for x in eq.q],
+            ["z = Σ softmax·v"] + [round(float(x), 5) for x in eq.z],
+            ["z from the model"] + [round(float(x), 5) for x in eq.model_z]]
+    return headers, rows
+
+
+# --------------------------------------------------------------------------------------
+# Logit lens, comparing, ablating
+
+
+def logit_lens(lens, labels: Sequence[str], vocab_label) -> go.Figure:
+    """Rows = after the embedding and after each block; columns = positions. Each cell: the
+    top next-token prediction there (text) and its probability (colour); hover adds the
+    probability of the token that really comes next. `vocab_label(id)` names a token."""
+    cols = [f"{p} {safe(labels[p])}" for p in lens.positions]
+    top = [[safe(vocab_label(int(i))) for i in row] for row in lens.top_ids]
+    nxt = [safe(vocab_label(i)) if i >= 0 else "(end of text)" for i in lens.next_ids]
+    custom = np.empty(lens.top_probs.shape + (2,), dtype=object)
+    for r in range(len(lens.rows)):
+        for c in range(len(cols)):
+            p = lens.next_probs[r, c]
+            custom[r, c] = (nxt[c], "—" if not np.isfinite(p) else f"{p:.4f}")
+    fig = go.Figure(go.Heatmap(
+        z=lens.top_probs.astype(np.float32), x=cols, y=[f"after {r}" if r != "embed" else "embedding" for r in lens.rows],
+        text=top, texttemplate="%{text}", textfont=dict(size=9), customdata=custom, zmin=0, zmax=1,
+        colorscale=LENS_SCALE, colorbar=dict(title="p(top)", thickness=12),
+        hovertemplate=("%{y}, at %{x}<br>top prediction %{text} p=%{z:.4f}"
+                       "<br>actual next %{customdata[0]} p=%{customdata[1]}<extra></extra>"),
+    ))
+    fig.update_xaxes(type="category", tickangle=-60, tickfont=dict(size=9), side="bottom")
+    fig.update_yaxes(type="category", autorange="reversed")
+    first, last = lens.positions[0], lens.positions[-1]
+    title = f"Logit lens: the top next token after each layer, positions {first}–{last}"
+    return _layout(fig, title, height=int(140 + 34 * len(lens.rows)))
+
+
+def divergence_grid(js: np.ndarray, name_a: str, name_b: str) -> go.Figure:
+    """(L, nh) Jensen–Shannon divergence per head, averaged over queries (bits, 0..1)."""
+    L, nh = js.shape
+    fig = go.Figure(go.Heatmap(
+        z=js.astype(np.float32), x=[f"H{h}" for h in range(nh)], y=[f"L{l}" for l in range(L)],
+        zmin=0, zmax=max(float(np.nanmax(js)) if js.size else 0, 1e-6), colorscale=DIFF_SCALE,
+        text=[[f"{v:.3f}" for v in row] for row in js], texttemplate="%{text}",
+        hovertemplate="%{y} %{x}: JS divergence %{z:.4f} bits<extra></extra>",
+        colorbar=dict(title="JS (bits)", thickness=12)))
+    fig.update_xaxes(type="category", side="top")
+    fig.update_yaxes(type="category", autorange="reversed", scaleanchor="x")
+    title = f"How differently each head attends: {safe(name_a)} vs {safe(name_b)} (JS divergence, mean over queries)"
+    return _layout(fig, title, height=int(120 + 36 * L))
+
+
+def ablation_bars(token_labels: Sequence[str], before: np.ndarray, after: np.ndarray, title: str) -> go.Figure:
+    """Grouped bars: the next-token probabilities of the top tokens, before and after."""
+    x = [f"{i + 1}. {safe(t)}" for i, t in enumerate(token_labels)]
+    fig = go.Figure([
+        go.Bar(name="model", x=x, y=before, marker_color="#94a3b8",
+               hovertemplate="%{x}<br>p = %{y:.5f} (model)<extra></extra>"),
+        go.Bar(name="head(s) ablated", x=x, y=after, marker_color="#ef4444",
+               hovertemplate="%{x}<br>p = %{y:.5f} (ablated)<extra></extra>"),
+    ])
+    fig.update_xaxes(type="category", tickangle=-45)
+    fig.update_yaxes(title="probability", rangemode="tozero")
+    return _layout(fig, safe(title), height=380, barmode="group", showlegend=True,
+                   legend=dict(orientation="h", y=1.02, x=1, xanchor="right", yanchor="bottom"))
+
+
+def nice(x: float | None, digits: int = 4) -> str:
+    return "—" if x is None or (isinstance(x, float) and not math.isfinite(x)) else f"{x:.{digits}f}"

@@ -1,0 +1,107 @@
+"""app.figures.attention: what the figures hold (read from fig.data / fig.layout), that user
+text stays text, and the payload budgets at GPT-2 size (12 layers × 12 heads, 1024 tokens)."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from app.figures import attention as F
+from core.inspect import attention as A
+from tests.conftest import make_model
+
+XSS = ["<script>alert(1)</script>", "<img src=x onerror=alert(1)>", "&amp;", "<b>b</b>"]
+
+
+def causal(T: int, seed: int = 0) -> torch.Tensor:
+    """A random causal attention pattern (T, T): rows sum to 1, zeros above the diagonal."""
+    g = torch.Generator().manual_seed(seed)
+    s = torch.randn(T, T, generator=g).masked_fill(torch.ones(T, T, dtype=torch.bool).triu(1), float("-inf"))
+    return torch.softmax(s, -1)
+
+
+def no_raw_tags(fig) -> None:
+    text = fig.to_json()
+    for bad in ("<script", "<img", "\\u003cscript", "\\u003cimg"):
+        assert bad not in text
+
+
+def test_grid_labels_masks_and_clicks():
+    p = torch.stack([torch.stack([causal(10, l * 3 + h) for h in range(3)]) for l in range(2)])
+    thumbs, f = A.pool(p, 64)
+    stat = np.arange(6, dtype=np.float32).reshape(2, 3)
+    fig = F.attention_grid(thumbs, f, 10, stat, "entropy", focus=(1, 2))
+    heads = [t for t in fig.data if t.type == "heatmap"]
+    assert [t.name for t in heads] == [f"L{l} H{h}" for l in range(2) for h in range(3)]
+    assert fig.layout.meta == {"view": "grid"}  # the click hook opens the clicked trace's head
+    z = np.asarray(heads[5].z)
+    upper = np.triu_indices(10, 1)
+    assert np.isnan(z[upper]).all()  # the future is masked (a gap), not a zero weight
+    assert np.allclose(z[np.tril_indices(10)], p[1, 2].numpy()[np.tril_indices(10)])
+    assert [a.text for a in fig.layout.annotations][:2] == ["L0 H0 · 0.00", "L0 H1 · 1.00"]
+    assert "grey = masked" in fig.layout.title.text and "pooled" not in fig.layout.title.text
+    assert any(s.line.color == "#f59e0b" for s in fig.layout.shapes)  # the focused head is framed
+    assert fig.data[-1].marker.colorbar.title.text == "entropy"
+
+
+def test_focused_head_and_token_labels_are_text():
+    labels = ["a"] + XSS + ["z"]
+    T = len(labels)
+    fig = F.focused_head(np.where(np.triu(np.ones((T, T), bool), 1), np.nan, causal(T).numpy()), labels, 1, "L0 H1")
+    hm = fig.data[0]
+    assert fig.layout.meta == {"view": "head"}
+    assert list(hm.x) == list(hm.y) and hm.x[1] == "1 &lt;script&gt;alert(1)&lt;/script&gt;"
+    assert hm.x[3] == "3 &amp;amp;"  # plotly shows the entity literally: the user sees "&amp;"
+    assert "%{z:.6f}" in hm.hovertemplate  # the exact weight on hover
+    assert np.isnan(np.asarray(hm.z)[0, 1]) and "click it" in fig.layout.title.text
+    no_raw_tags(fig)
+    strip = F.token_strip(labels, causal(T).numpy()[3], 3)
+    assert [t for t, _ in strip] == labels and strip[4][1] is None and max(w for _, w in strip[:4]) == 1.0
+    no_raw_tags(F.query_heads(np.tile(causal(T).numpy()[None, None], (2, 2, 1, 1))[:, :, 3], labels, 3, (0, 1)))
+
+
+def test_equation_lens_compare_and_ablation_figures():
+    model = make_model(40, n_layer=2, n_head=2)
+    ids = [1, 5, 7, 1, 5, 9, 3]
+    labels = ["<script>", "b", "c&d", "<img src=x onerror=alert(1)>", "e", "f", "g"]
+    an = A.analyse(model, ids, 1, 0, 3, induction=False)
+    eq_fig = F.equation_figure(an.equation, labels)
+    assert list(eq_fig.data[1].y) == pytest.approx(an.equation.weights[:4].tolist())  # softmax over the 4 visible keys
+    assert "3 later keys masked" in eq_fig.layout.title.text
+    md = F.equation_markdown(an.equation, labels)
+    assert "<img" not in md and "&lt;img" in md and "softmax(QKᵀ / √d)" in md
+    rows = F.equation_rows(an.equation, labels)
+    assert len(rows) == 4 and sum(r[4] for r in rows) == pytest.approx(1.0, abs=1e-5) and rows[3][1] == labels[3]
+    lens = F.logit_lens(an.lens, labels, lambda i: labels[i % len(labels)])
+    assert list(lens.data[0].y) == ["embedding", "after L0", "after L1"]
+    no_raw_tags(eq_fig), no_raw_tags(lens)
+    js = F.divergence_grid(np.zeros((2, 2)), "<b>a</b>", "b")
+    assert np.asarray(js.data[0].z).max() == 0 and "&lt;b&gt;" in js.layout.title.text
+    bars = F.ablation_bars(labels[:3], np.array([0.5, 0.3, 0.2]), np.array([0.2, 0.3, 0.5]), "t")
+    assert [b.name for b in bars.data] == ["model", "head(s) ablated"] and bars.data[1].y[2] == 0.5
+    no_raw_tags(bars)
+
+
+def test_payload_budgets_at_gpt2_size():
+    """12 layers × 12 heads at 1024 tokens: grid ≤ 2 MB, focused head ≤ 1.5 MB, both say they are pooled."""
+    L = nh = 12
+    T = 1024
+    p = causal(T)
+    side = A.grid_side(L, nh)
+    one, f = A.pool(p, side)
+    # every head's thumbnail, each a little different (so the payload is not one repeated block)
+    rng = np.random.default_rng(0)
+    thumbs = np.clip(one[None, None] * rng.uniform(0.5, 1.5, (L, nh, 1, 1)), 0, 1).astype(np.float32)
+    grid = F.attention_grid(thumbs, f, T, rng.random((L, nh)), "entropy", (3, 4))
+    size = F.payload_bytes(grid)
+    assert size <= 2_000_000, size
+    assert f > 1 and f"pooled: each cell is the max of {f}×{f} tokens" in grid.layout.title.text
+    assert np.isnan(np.asarray(grid.data[0].z)[0, 1])
+    focus, ff = A.pool(p, A.FOCUS_SIDE)
+    labels = [f"<t{i}>" for i in range(T)]
+    head = F.focused_head(focus, labels, ff, "L3 H4 on 1024 tokens")
+    assert F.payload_bytes(head) <= 1_500_000
+    assert ff == 3 and "pooled" in head.layout.title.text and head.data[0].x[0] == "0–2"
+    # payload_bytes is what Gradio sends: the figure's JSON, itself sent as a JSON string
+    assert F.payload_bytes(head) == len(json.dumps(head.to_json()).encode())
