@@ -24,6 +24,7 @@ TABS = (
     "tokens",
     "embeddings",
     "attention",
+    "decode",
 )
 
 INTRO = ("A visual LLM playground: follow text through a small GPT, from tokens and embeddings "
@@ -73,7 +74,41 @@ def build_app(ctx: AppContext) -> gr.Blocks:
         refresh_btn.click(refresh, picker, [picker, notice], api_visibility="private")
         demo.load(refresh, picker, [picker, notice], api_visibility="private")
         gr.api(models, api_name="models")
+    demo.queue(**queue_settings())
     return demo
+
+
+# --- serving many people: the queue and the limits, each overridable by an environment variable ---
+# Every event goes through Gradio's queue. Heavy events (a model forward: attention, decode,
+# embeddings, model info/load, training control) set their own small `concurrency_limit` in their
+# tab, so at most a few run at once on a CPU Space; everything else is cheap and runs concurrently.
+
+def _env_int(name: str, default: int) -> int:
+    value = os.environ.get(name, "").strip()
+    if not value:
+        return default
+    try:
+        number = int(value)
+    except ValueError:
+        raise ValueError(f"{name}={value!r} is not a whole number") from None
+    if number < 1:
+        raise ValueError(f"{name}={number} must be at least 1")
+    return number
+
+
+def queue_settings() -> dict:
+    """Options for `demo.queue(...)` (`build_app` applies them)."""
+    return dict(
+        # Waiting events (all tabs together, running ones not counted) before new ones are refused
+        # with "Queue is full! Please try again." (HTTP 503 to API callers): a bounded wait instead of
+        # an ever-growing one. 100 = two waiting events per person for a 50-person workshop.
+        max_size=_env_int("GLASSBOX_QUEUE_SIZE", 100),
+        # How many of one cheap event (no limit of its own: a click on a token, a slider, the page's
+        # model rescan) may run at once; Gradio's default of 1 would line 50 people up behind each other.
+        default_concurrency_limit=_env_int("GLASSBOX_CONCURRENCY", 8),
+        # Tell waiting browsers their place in line whenever an event finishes.
+        status_update_rate="auto",
+    )
 
 
 def launch_kwargs(ctx: AppContext) -> dict:
@@ -91,4 +126,9 @@ def launch_kwargs(ctx: AppContext) -> dict:
         css_paths=[css] if css.is_file() else None,
         max_file_size=os.environ.get("GLASSBOX_MAX_UPLOAD", "2gb"),
         show_error=False,
+        # Events running at once, all kinds together (each runs in a worker thread).
+        max_threads=_env_int("GLASSBOX_MAX_THREADS", 40),
+        # Browser sessions whose gr.State values are kept in memory; the oldest are dropped beyond it
+        # (Gradio's default is 10,000: far more than a workshop, and each Decode session keeps a result).
+        state_session_capacity=_env_int("GLASSBOX_STATE_SESSIONS", 500),
     )

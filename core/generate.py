@@ -1,35 +1,51 @@
-"""Decoding: turn a model and a prompt (token ids) into new token ids.
+"""Decoding: turn a model and a prompt (token ids) into new token ids, one step at a time.
 
-Owns: greedy decoding and sampling with temperature / top-k / top-p, on the KV cache,
-seeded by a private `torch.Generator` so a run is reproducible; and the CLI
+Owns: greedy decoding and sampling with a repetition penalty and the filter chain
+temperature → top-k → top-p → min-p, on the KV cache, seeded by a private
+`torch.Generator` so a run is reproducible; the per-step trace (`Step`: the top
+candidates and their probabilities before and after each filter, the chosen token, its
+rank and probability under the model, the entropy, the timings); and the CLI
 `python -m core.generate CHECKPOINT --prompt TEXT`. The generator knows only token ids;
 text is the caller's business (the CLI uses the checkpoint's tokenizer).
-Does not own: the model (`core.model`) or the decoding lab's metrics (the app).
+Does not own: the model (`core.model`), beam search (`core.beam`), the decoding lab's
+methods and metrics (`core.decoding`).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import time
-from dataclasses import dataclass
-from typing import Iterator
+from dataclasses import dataclass, field
+from typing import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
 
 from .model import GPT
 
+LN2 = math.log(2.0)
+
 
 @dataclass(frozen=True)
 class Sampling:
-    """How to pick the next token. temperature 0 (or greedy=True) means argmax."""
+    """How to pick the next token. temperature 0 (or greedy=True) means argmax.
+
+    Filters run in this order on the (penalised) logits: temperature, top-k, top-p, min-p.
+    None (or top_p=1, min_p=0) switches a filter off. `repetition_penalty` is the CTRL /
+    Hugging Face rule: every token already in the text has its logit divided by the
+    penalty when positive, multiplied by it when negative (1.0 = off); it applies to
+    greedy decoding too.
+    """
 
     temperature: float = 1.0
     top_k: int | None = None
     top_p: float | None = None
     greedy: bool = False
+    min_p: float | None = None
+    repetition_penalty: float = 1.0
 
     def __post_init__(self) -> None:
         if not (0.0 <= self.temperature <= 100.0):
@@ -38,26 +54,84 @@ class Sampling:
             raise ValueError(f"top_k={self.top_k} must be at least 1")
         if self.top_p is not None and not (0.0 < self.top_p <= 1.0):
             raise ValueError(f"top_p={self.top_p} must be in (0, 1]")
+        if self.min_p is not None and not (0.0 <= self.min_p <= 1.0):
+            raise ValueError(f"min_p={self.min_p} must be in [0, 1]")
+        if not (0.0 < self.repetition_penalty <= 10.0):
+            raise ValueError(f"repetition_penalty={self.repetition_penalty} must be in (0, 10]")
 
     @property
     def is_greedy(self) -> bool:
         return self.greedy or self.temperature == 0.0
 
 
+# --------------------------------------------------------------------------------------
+# The filter chain: one function per filter, each (logits, s) -> logits, or None when off.
+# `filter_logits` (the fast path) and `filter_stages` (the trace) run the same functions.
+
+
+def _temperature(logits: torch.Tensor, s: Sampling) -> torch.Tensor | None:
+    return None if s.temperature == 1.0 else logits / max(s.temperature, 1e-8)
+
+
+def _top_k(logits: torch.Tensor, s: Sampling) -> torch.Tensor | None:
+    if s.top_k is None or s.top_k >= logits.size(-1):
+        return None
+    kth = torch.topk(logits, s.top_k, dim=-1).values[..., -1:]
+    return logits.masked_fill(logits < kth, float("-inf"))
+
+
+def _top_p(logits: torch.Tensor, s: Sampling) -> torch.Tensor | None:
+    if s.top_p is None or s.top_p >= 1.0:
+        return None
+    sorted_logits, order = torch.sort(logits, descending=True, dim=-1)
+    probs = torch.softmax(sorted_logits, dim=-1)
+    # keep the smallest prefix whose mass reaches top_p (the token that crosses is kept)
+    cut = (probs.cumsum(dim=-1) - probs) >= s.top_p
+    sorted_logits = sorted_logits.masked_fill(cut, float("-inf"))
+    return torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
+
+
+def _min_p(logits: torch.Tensor, s: Sampling) -> torch.Tensor | None:
+    if not s.min_p:
+        return None
+    probs = torch.softmax(logits, dim=-1)
+    floor = s.min_p * probs.max(dim=-1, keepdim=True).values
+    return logits.masked_fill(probs < floor, float("-inf"))  # the most likely token always stays
+
+
+FILTERS: tuple[tuple[str, Callable[[torch.Tensor, Sampling], torch.Tensor | None]], ...] = (
+    ("temperature", _temperature), ("top_k", _top_k), ("top_p", _top_p), ("min_p", _min_p),
+)
+
+
+def apply_repetition_penalty(logits: torch.Tensor, seen: torch.Tensor, penalty: float) -> torch.Tensor:
+    """(…, V) logits; `seen` a (…, V) bool mask of tokens already in the text."""
+    if penalty == 1.0:
+        return logits
+    penalised = torch.where(logits > 0, logits / penalty, logits * penalty)
+    return torch.where(seen, penalised, logits)
+
+
 def filter_logits(logits: torch.Tensor, s: Sampling) -> torch.Tensor:
-    """Apply temperature, then top-k, then top-p to (…, V) logits; cut tokens get -inf."""
-    logits = logits.float() / max(s.temperature, 1e-8)
-    if s.top_k is not None and s.top_k < logits.size(-1):
-        kth = torch.topk(logits, s.top_k, dim=-1).values[..., -1:]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    if s.top_p is not None and s.top_p < 1.0:
-        sorted_logits, order = torch.sort(logits, descending=True, dim=-1)
-        cum = torch.softmax(sorted_logits, dim=-1).cumsum(dim=-1)
-        # keep the smallest prefix whose mass reaches top_p (the token that crosses is kept)
-        cut = (cum - torch.softmax(sorted_logits, dim=-1)) >= s.top_p
-        sorted_logits = sorted_logits.masked_fill(cut, float("-inf"))
-        logits = torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
+    """Apply temperature, top-k, top-p, then min-p to (…, V) logits; cut tokens get -inf."""
+    logits = logits.float()
+    for _, fn in FILTERS:
+        out = fn(logits, s)
+        if out is not None:
+            logits = out
     return logits
+
+
+def filter_stages(logits: torch.Tensor, s: Sampling) -> list[tuple[str, torch.Tensor]]:
+    """The logits after each filter that is on, in order (the trace's view of `filter_logits`)."""
+    logits = logits.float()
+    stages = []
+    for name, fn in FILTERS:
+        out = fn(logits, s)
+        if out is not None:
+            logits = out
+            stages.append((name, logits))
+    return stages
 
 
 def pick(logits: torch.Tensor, s: Sampling, gen: torch.Generator | None) -> torch.Tensor:
@@ -68,15 +142,100 @@ def pick(logits: torch.Tensor, s: Sampling, gen: torch.Generator | None) -> torc
     return torch.multinomial(probs, 1, generator=gen).squeeze(-1)
 
 
-@torch.no_grad()
-def stream(model: GPT, ids: list[int], max_new_tokens: int, sampling: Sampling = Sampling(),
-           seed: int | None = None, eot_id: int | None = None, use_cache: bool = True) -> Iterator[int]:
-    """Yield new token ids one at a time. Uses the KV cache while the text fits the block;
-    beyond it, the context slides (recomputing the last block_size tokens)."""
+# --------------------------------------------------------------------------------------
+# The per-step trace
+
+
+@dataclass
+class Step:
+    """One decoding step. Probabilities "under the model" are softmax(raw logits) at T=1.
+
+    candidates: token ids, the `top` best by the order the filters cut on (plus the chosen
+    token if it is not among them). stages: stage name → probability of each candidate
+    after that stage ("model", then "penalty" when on, then each filter that is on; 0 =
+    cut). kept: stage name → how many tokens of the vocabulary survive it.
+    entropy: of the model's distribution, in bits. t: seconds of this run's own compute
+    from its start to this token; dt: seconds this step took.
+    """
+
+    index: int
+    token: int
+    prob: float
+    logprob: float
+    rank: int
+    sampled_prob: float
+    entropy: float
+    candidates: list[int] = field(default_factory=list)
+    stages: dict[str, list[float]] = field(default_factory=dict)
+    kept: dict[str, int] = field(default_factory=dict)
+    t: float = 0.0
+    dt: float = 0.0
+
+    def to_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+def entropy_bits(logits: torch.Tensor) -> float:
+    logp = F.log_softmax(logits.float(), dim=-1)
+    h = -(logp.exp() * logp).nan_to_num(0.0).sum(dim=-1)  # nats; 0·log 0 counts as 0
+    return float(h.clamp_min(0.0)) / LN2
+
+
+def _trace_step(index: int, raw: torch.Tensor, penalised: torch.Tensor | None, s: Sampling, nxt: int,
+                top: int) -> Step:
+    """Build the `Step` for one (V,) row of raw logits (and the penalised ones, if the
+    repetition penalty is on) and the token chosen from it."""
+    logp = F.log_softmax(raw.float(), dim=-1)
+    stages = [("model", raw.float())]
+    if penalised is not None:
+        stages.append(("penalty", penalised.float()))
+    else:
+        penalised = raw
+    if s.is_greedy:
+        final = penalised.float()
+        keep = torch.full_like(final, float("-inf"))
+        keep[int(final.argmax())] = 0.0
+        stages.append(("argmax", keep))
+    else:
+        stages += filter_stages(penalised, s)
+    order_by = penalised.float()
+    cand = torch.topk(order_by, min(top, order_by.numel())).indices.tolist()
+    if nxt not in cand:
+        cand.append(nxt)
+    idx = torch.tensor(cand)
+    probs, kept = {}, {}
+    for name, lg in stages:
+        p = F.softmax(lg, dim=-1)
+        probs[name] = [round(float(x), 6) for x in p[idx]]
+        kept[name] = int(torch.isfinite(lg).sum())
+    final_p = F.softmax(stages[-1][1], dim=-1)[nxt]
+    return Step(
+        index=index, token=nxt, prob=float(logp[nxt].exp()), logprob=float(logp[nxt]),
+        rank=int((logp > logp[nxt]).sum()) + 1, sampled_prob=float(final_p),
+        entropy=entropy_bits(raw), candidates=cand, stages=probs, kept=kept,
+    )
+
+
+# --------------------------------------------------------------------------------------
+# The decoding loop
+
+
+def check_prompt(model: GPT, ids: list[int], max_new_tokens: int) -> None:
     if not ids:
         raise ValueError("the prompt is empty: give at least one token")
     if max_new_tokens < 0:
         raise ValueError(f"max_new_tokens={max_new_tokens} must be >= 0")
+    V = model.config.vocab_size
+    bad = next((i for i in ids if not 0 <= int(i) < V), None)
+    if bad is not None:
+        raise ValueError(f"token id {bad} is out of range: the model has ids 0..{V - 1}")
+
+
+def _loop(model: GPT, ids: list[int], max_new_tokens: int, s: Sampling, seed: int | None,
+          eot_id: int | None, use_cache: bool, top: int) -> Iterator:
+    """Yield ints (top == 0) or `Step`s (top > 0). Uses the KV cache while the text fits the
+    block; beyond it, the context slides (recomputing the last block_size tokens)."""
+    check_prompt(model, ids, max_new_tokens)
     model.eval()
     device = model.transformer.wte.weight.device
     gen = None
@@ -85,27 +244,66 @@ def stream(model: GPT, ids: list[int], max_new_tokens: int, sampling: Sampling =
         gen.manual_seed(seed)
     block = model.config.block_size
     ctx = list(ids[-block:])
-    cache = model.new_kv_cache(1) if use_cache else None
+    seen = None
+    if s.repetition_penalty != 1.0:  # the penalty sees the whole prompt, as Hugging Face's does
+        seen = torch.zeros(model.config.vocab_size, dtype=torch.bool, device=device)
+        seen[torch.tensor(ids, device=device)] = True
+    # a cache just long enough (up to the block): less memory to allocate and zero per call
+    cache = model.new_kv_cache(1, min(block, len(ctx) + max(max_new_tokens, 1))) if use_cache else None
     pending = ctx  # tokens not yet fed to the cache
-    for _ in range(max_new_tokens):
-        if cache is not None and cache.pos + len(pending) <= block:
+    clock = time.perf_counter
+    elapsed = 0.0
+    for i in range(max_new_tokens):
+        t0 = clock()
+        if cache is not None and cache.pos + len(pending) <= cache.max_len:
             logits, _ = model(torch.tensor([pending], device=device), kv_cache=cache)
         else:  # no cache, or the cache is full: recompute on the window
             cache = None
             logits, _ = model(torch.tensor([ctx[-block:]], device=device))
-        nxt = int(pick(logits[:, -1, :], sampling, gen)[0])
-        yield nxt
+        raw = logits[:, -1, :]  # (1, V)
+        penalised = raw if seen is None else apply_repetition_penalty(raw, seen, s.repetition_penalty)
+        nxt = int(pick(penalised, s, gen)[0])
+        if top:
+            step = _trace_step(i, raw[0], None if seen is None else penalised[0], s, nxt, top)
+            step.dt = clock() - t0
+            elapsed += step.dt
+            step.t = elapsed
+            yield step
+        else:
+            yield nxt
         if eot_id is not None and nxt == eot_id:
             return
+        if seen is not None:
+            seen[nxt] = True
         ctx.append(nxt)
         pending = [nxt]
 
 
+def stream(model: GPT, ids: list[int], max_new_tokens: int, sampling: Sampling = Sampling(),
+           seed: int | None = None, eot_id: int | None = None, use_cache: bool = True) -> Iterator[int]:
+    """Yield new token ids one at a time (stops after `eot_id` or `max_new_tokens`)."""
+    with torch.inference_mode():
+        yield from _loop(model, ids, max_new_tokens, sampling, seed, eot_id, use_cache, 0)
+
+
+def steps(model: GPT, ids: list[int], max_new_tokens: int, sampling: Sampling = Sampling(),
+          seed: int | None = None, eot_id: int | None = None, use_cache: bool = True,
+          top: int = 10) -> Iterator[Step]:
+    """Like `stream`, but yield a traced `Step` per token (`top` candidates recorded).
+    The same seed gives the same tokens as `stream`."""
+    if not 1 <= top <= 100:
+        raise ValueError(f"top={top} candidates must be between 1 and 100")
+    with torch.inference_mode():
+        yield from _loop(model, ids, max_new_tokens, sampling, seed, eot_id, use_cache, top)
+
+
 def generate(model: GPT, ids: list[int], max_new_tokens: int, *, temperature: float = 1.0,
              top_k: int | None = None, top_p: float | None = None, greedy: bool = False,
-             seed: int | None = None, eot_id: int | None = None, use_cache: bool = True) -> list[int]:
+             seed: int | None = None, eot_id: int | None = None, use_cache: bool = True,
+             min_p: float | None = None, repetition_penalty: float = 1.0) -> list[int]:
     """The new token ids (the prompt is not included)."""
-    s = Sampling(temperature=temperature, top_k=top_k, top_p=top_p, greedy=greedy)
+    s = Sampling(temperature=temperature, top_k=top_k, top_p=top_p, greedy=greedy, min_p=min_p,
+                 repetition_penalty=repetition_penalty)
     return list(stream(model, ids, max_new_tokens, s, seed=seed, eot_id=eot_id, use_cache=use_cache))
 
 
@@ -119,7 +317,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--temperature", type=float, default=0.8)
     p.add_argument("--top-k", type=int, default=None)
     p.add_argument("--top-p", type=float, default=None)
+    p.add_argument("--min-p", type=float, default=None)
+    p.add_argument("--repetition-penalty", type=float, default=1.0)
     p.add_argument("--greedy", action="store_true")
+    p.add_argument("--beams", type=int, default=0, help="beam search with this width (0 = off)")
+    p.add_argument("--length-penalty", type=float, default=1.0, help="beam search: score / length**this")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of the text")
@@ -130,8 +332,15 @@ def main(argv: list[str] | None = None) -> int:
             raise ValueError(f"{a.checkpoint} has no tokenizer files")
         ids = ck.tokenizer.encode(a.prompt)
         t0 = time.perf_counter()
-        new = generate(ck.model, ids, a.max_new_tokens, temperature=a.temperature, top_k=a.top_k,
-                       top_p=a.top_p, greedy=a.greedy, seed=a.seed, eot_id=ck.tokenizer.eot_id)
+        if a.beams:
+            from .beam import beam_search
+
+            new = beam_search(ck.model, ids, a.max_new_tokens, num_beams=a.beams, length_penalty=a.length_penalty,
+                              eot_id=ck.tokenizer.eot_id).tokens
+        else:
+            new = generate(ck.model, ids, a.max_new_tokens, temperature=a.temperature, top_k=a.top_k,
+                           top_p=a.top_p, min_p=a.min_p, repetition_penalty=a.repetition_penalty,
+                           greedy=a.greedy, seed=a.seed, eot_id=ck.tokenizer.eot_id)
         dt = time.perf_counter() - t0
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)

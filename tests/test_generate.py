@@ -1,5 +1,7 @@
 """Decoding properties on a tiny real model (no mocks)."""
 
+import math
+
 import pytest
 import torch
 
@@ -58,3 +60,89 @@ def test_stops_at_eot_and_validates(model):
         generate(model, [], 5)
     with pytest.raises(ValueError, match="top_p"):
         generate(model, [1], 5, top_p=1.5)
+
+
+# --- the filter chain and the per-step trace ---------------------------------------------
+
+from core.generate import apply_repetition_penalty, steps, stream  # noqa: E402
+
+
+def test_min_p_keeps_tokens_above_a_fraction_of_the_best():
+    logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]]))
+    kept = torch.isfinite(filter_logits(logits, Sampling(min_p=0.5)))[0].tolist()
+    assert kept == [True, True, False, False]  # 0.15 < 0.5 * 0.5
+    kept = torch.isfinite(filter_logits(logits, Sampling(min_p=1.0)))[0].tolist()
+    assert kept == [True, False, False, False]  # the best token always stays
+
+
+def test_filters_run_in_order_temperature_then_top_k_then_top_p():
+    logits = torch.log(torch.tensor([[0.4, 0.3, 0.2, 0.1]]))
+    # top-k 3 renormalises to [.44, .33, .22]; top-p 0.7 then keeps the first two (0.44 < 0.7 <= 0.78)
+    kept = torch.isfinite(filter_logits(logits, Sampling(top_k=3, top_p=0.7)))[0].tolist()
+    assert kept == [True, True, False, False]
+    # a high temperature flattens before the nucleus is measured: more tokens survive top-p
+    flat = torch.isfinite(filter_logits(logits, Sampling(temperature=10.0, top_p=0.7)))[0].sum()
+    sharp = torch.isfinite(filter_logits(logits, Sampling(temperature=0.1, top_p=0.7)))[0].sum()
+    assert flat > sharp == 1
+
+
+def test_repetition_penalty_lowers_seen_tokens_and_changes_greedy(model):
+    logits = torch.tensor([[2.0, -2.0, 1.0]])
+    seen = torch.tensor([[True, True, False]])
+    assert apply_repetition_penalty(logits, seen, 2.0).tolist() == [[1.0, -4.0, 1.0]]
+    plain = generate(model, [1, 2, 3], 30, greedy=True)
+    penalised = generate(model, [1, 2, 3], 30, greedy=True, repetition_penalty=3.0)
+    assert plain != penalised
+    assert len(set(penalised)) >= len(set(plain))
+
+
+def test_trace_matches_stream_and_records_the_filters(model):
+    s = Sampling(temperature=0.9, top_k=5, top_p=0.8)
+    toks = list(stream(model, [3, 4], 15, s, seed=11))
+    trace = list(steps(model, [3, 4], 15, s, seed=11, top=8))
+    assert [t.token for t in trace] == toks
+    for st in trace:
+        assert list(st.stages) == ["model", "temperature", "top_k", "top_p"]
+        assert st.kept["model"] == 40 and st.kept["top_k"] == 5 and 1 <= st.kept["top_p"] <= 5
+        assert st.token in st.candidates and 1 <= st.rank <= 5  # top-k never leaves the 5 best
+        assert all(p == 0.0 for p in st.stages["top_k"][5:8])  # candidates 6..8 are cut by top-k
+        i = st.candidates.index(st.token)
+        assert st.stages["top_p"][i] > 0.0 and abs(st.sampled_prob - st.stages["top_p"][i]) < 1e-5
+        assert 0.0 <= st.entropy <= math.log2(40) + 1e-6 and sum(st.stages["model"]) <= 1.0 + 1e-4
+        assert st.dt > 0 and st.t >= st.dt
+    assert [t.t for t in trace] == sorted(t.t for t in trace)
+
+
+def test_greedy_trace_rank_is_one_and_logprob_is_the_models(model):
+    trace = list(steps(model, [7], 10, Sampling(greedy=True), top=3))
+    seq = [7]
+    for st in trace:
+        with torch.no_grad():
+            logits, _ = model(torch.tensor([seq]))
+        logp = torch.log_softmax(logits[0, -1], -1)
+        assert st.rank == 1 and st.token == int(logp.argmax())
+        assert abs(st.logprob - float(logp.max())) < 1e-5
+        entropy = float(-(logp.exp() * logp).sum()) / math.log(2)
+        assert abs(st.entropy - entropy) < 1e-4 and st.entropy > 0.1
+        seq.append(st.token)
+
+
+def test_max_new_tokens_is_respected(model):
+    for n in (0, 1, 7):
+        assert len(generate(model, [1], n, temperature=1.0, seed=0)) == n
+    with pytest.raises(ValueError, match="max_new_tokens"):
+        generate(model, [1], -1)
+
+
+def test_cli_prints_json(tiny_ckpt, capsys):
+    import json
+
+    from core.generate import main
+
+    assert main([str(tiny_ckpt), "--prompt", "First", "--max-new-tokens", "6", "--greedy", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert len(out["ids"]) == 6 and out["prompt"] == "First"
+    assert main([str(tiny_ckpt), "--prompt", "First", "--max-new-tokens", "5", "--beams", "2", "--json"]) == 0
+    assert len(json.loads(capsys.readouterr().out)["ids"]) == 5
+    assert main([str(tiny_ckpt), "--prompt", "First", "--top-p", "3"]) == 2
+    assert "top_p" in capsys.readouterr().err
