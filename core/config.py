@@ -154,15 +154,15 @@ class TrainConfig:
     """Training settings. Defaults are Glassbox's CPU recipe for small models."""
 
     steps: int = 2000
-    batch_size: int = 12
-    lr: float = 1e-3
+    batch_size: int = 16
+    lr: float = 6e-3
     min_lr: float | None = None  # defaults to lr / 10
-    warmup_steps: int = 100
+    warmup_steps: int = 50
     weight_decay: float = 0.1
     beta1: float = 0.9
     beta2: float = 0.99
     grad_clip: float = 1.0
-    optimizer: str = "adamw"
+    optimizer: str = "muon"  # Muon for the hidden matrices, AdamW for the rest (bench/train_cpu.py)
     eval_interval: int = 250
     eval_batches: int = 20
     log_interval: int = 1

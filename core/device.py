@@ -1,8 +1,9 @@
 """Device, dtype and autocast: one helper so every caller makes the same choice.
 
-Owns: picking cuda / mps / cpu, the compute dtype, and an autocast context that is a
-no-op where it does not help. Does not own: measuring which CPU path is fastest (the
-trainer's start-up probe does that and passes its answer here as `dtype`).
+Owns: picking cuda / mps / cpu, the compute dtype, an autocast context that is a no-op
+where it does not help, the SDPA backend pin, and the dense bf16 peak FLOP/s per GPU
+(for MFU). Does not own: measuring which CPU path is fastest (the trainer's start-up
+probe does that and passes its answer here as `dtype` and `sdpa`).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from dataclasses import dataclass
 import torch
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+SDPA_BACKENDS = ("math", "flash", "efficient", "cudnn")
 
 
 def pick_device(requested: str = "auto") -> torch.device:
@@ -43,20 +45,39 @@ def pick_dtype(device: torch.device, requested: str = "auto") -> torch.dtype:
     return torch.float32
 
 
-def autocast(device: torch.device, dtype: torch.dtype):
-    """Autocast to `dtype` on `device`; a null context for fp32 (nothing to cast)."""
-    if dtype == torch.float32:
+def sdpa_kernel(name: str | None):
+    """Pin F.scaled_dot_product_attention to one backend ('math', 'flash', ...); None: torch picks."""
+    if name is None:
         return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=dtype)
+    from torch.nn.attention import SDPBackend
+    from torch.nn.attention import sdpa_kernel as _kernel
+
+    backends = {"math": SDPBackend.MATH, "flash": SDPBackend.FLASH_ATTENTION,
+                "efficient": SDPBackend.EFFICIENT_ATTENTION, "cudnn": SDPBackend.CUDNN_ATTENTION}
+    if name not in backends:
+        raise ValueError(f"unknown SDPA backend {name!r}: choose {', '.join(SDPA_BACKENDS)}")
+    # MATH stays allowed as the fallback for shapes the pinned kernel cannot run
+    return _kernel([backends[name], SDPBackend.MATH] if name != "math" else [SDPBackend.MATH])
+
+
+def autocast(device: torch.device, dtype: torch.dtype, sdpa: str | None = None):
+    """Autocast to `dtype` on `device` (a null context for fp32), with an optional SDPA pin."""
+    stack = contextlib.ExitStack()
+    if dtype != torch.float32:
+        stack.enter_context(torch.autocast(device_type=device.type, dtype=dtype))
+    if sdpa is not None:
+        stack.enter_context(sdpa_kernel(sdpa))
+    return stack
 
 
 @dataclass(frozen=True)
 class Placement:
     device: torch.device
     dtype: torch.dtype
+    sdpa: str | None = None  # pinned SDPA backend, or None for torch's own choice
 
     def autocast(self):
-        return autocast(self.device, self.dtype)
+        return autocast(self.device, self.dtype, self.sdpa)
 
     @property
     def dtype_name(self) -> str:

@@ -2,6 +2,7 @@
 
 import json
 import math
+import signal
 import subprocess
 import sys
 
@@ -11,7 +12,8 @@ import torch
 from core import checkpoint
 from core.config import TrainConfig, preset
 from core.data import split_tokens
-from core.train import Trainer
+from core import train as train_mod
+from core.train import Trainer, build_optimizers
 from tests.conftest import ROOT, SAMPLE_TEXT
 
 
@@ -49,14 +51,14 @@ def test_loss_falls_and_events_flow(setup, tmp_path):
 def test_stop_then_resume_is_bit_identical(setup, tmp_path, optimizer):
     mcfg, split, tok = setup
     mcfg = mcfg.replace(dropout=0.1)  # dropout uses the global RNG: resume must restore it
-    cfg = tcfg(steps=24, eval_interval=8, optimizer=optimizer)
+    cfg = tcfg(steps=14, eval_interval=4, eval_batches=2, sample_tokens=0, optimizer=optimizer)
     full = Trainer(mcfg, cfg, split, tok, out_dir=tmp_path / "a")
     full.run()
 
     part = Trainer(mcfg, cfg, split, tok, out_dir=tmp_path / "b")
-    part.add_sink(lambda ev: part.stop() if ev["kind"] == "step" and ev["step"] == 11 else None)
+    part.add_sink(lambda ev: part.stop() if ev["kind"] == "step" and ev["step"] == 7 else None)
     assert part.run()["kind"] == "stopped"
-    assert checkpoint.load(tmp_path / "b" / "latest").meta["step"] == 11
+    assert checkpoint.load(tmp_path / "b" / "latest").meta["step"] == 7
     resumed = Trainer(mcfg, cfg, split, tok, out_dir=tmp_path / "b", resume_from=tmp_path / "b" / "latest")
     assert resumed.run()["kind"] == "done"
 
@@ -65,20 +67,105 @@ def test_stop_then_resume_is_bit_identical(setup, tmp_path, optimizer):
     assert [h["loss"] for h in full.history] == [h["loss"] for h in resumed.history]
 
 
+def test_resume_keeps_the_probed_bf16_path_and_is_bit_identical(setup, tmp_path, monkeypatch):
+    """dtype=auto on CPU: the probe's answer (bf16 + a pinned SDPA kernel) is saved with the
+    training state, and a resumed run reuses it even when a fresh probe would answer otherwise."""
+    mcfg, split, tok = setup
+    cfg = tcfg(steps=10, eval_interval=4, eval_batches=2, sample_tokens=0, dtype="auto")
+    monkeypatch.setattr(train_mod, "probe_cpu", lambda *a, **k: ("bfloat16", "flash", {}))
+    starts = []
+    full = Trainer(mcfg, cfg, split, tok, out_dir=tmp_path / "a", on_event=starts.append)
+    full.run()
+    assert starts[0]["kind"] == "start" and (starts[0]["dtype"], starts[0]["sdpa"]) == ("bfloat16", "flash")
+    part = Trainer(mcfg, cfg, split, tok, out_dir=tmp_path / "b")
+    part.add_sink(lambda ev: part.stop() if ev["kind"] == "step" and ev["step"] == 5 else None)
+    assert part.run()["kind"] == "stopped"
+
+    monkeypatch.setattr(train_mod, "probe_cpu", lambda *a, **k: ("float32", None, {}))
+    resumed = Trainer(mcfg, cfg, split, tok, out_dir=tmp_path / "b", resume_from=tmp_path / "b" / "latest")
+    assert resumed.run()["kind"] == "done"
+    assert resumed.place.dtype == torch.bfloat16 and resumed.place.sdpa == "flash"
+    a, b = full.raw_model.state_dict(), resumed.raw_model.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert [h["loss"] for h in full.history] == [h["loss"] for h in resumed.history]
+
+
+def test_bf16_loss_stays_close_to_fp32(setup):
+    mcfg, split, tok = setup
+    runs = {d: Trainer(mcfg, tcfg(steps=25, eval_interval=0, sample_tokens=0, dtype=d), split, tok).run()
+            for d in ("float32", "bfloat16")}
+    assert runs["float32"]["kind"] == runs["bfloat16"]["kind"] == "done"
+    assert abs(runs["float32"]["best_val"] - runs["bfloat16"]["best_val"]) < 0.1
+
+
+def test_probe_measures_and_answers_a_known_path(setup):
+    mcfg, _, _ = setup
+    dtype, sdpa, times = train_mod.probe_cpu(mcfg, 4, steps=1)
+    assert set(times) == {"float32/default", "bfloat16/math", "bfloat16/flash"}
+    assert all(t > 0 for t in times.values())
+    assert (dtype, sdpa) in {("float32", None), ("bfloat16", "math"), ("bfloat16", "flash")}
+
+
+def test_optimizer_groups(setup):
+    mcfg, _, _ = setup
+    from core.model import GPT
+
+    model = GPT(mcfg)
+    names = {id(p): n for n, p in model.named_parameters()}
+    (adamw,) = build_optimizers(model, tcfg(optimizer="adamw", weight_decay=0.1))
+    decayed = {names[id(p)] for g in adamw.param_groups if g["weight_decay"] > 0 for p in g["params"]}
+    assert decayed and all(model.get_parameter(n).dim() == 2 for n in decayed)
+    assert "transformer.wte.weight" in decayed and not any(n.endswith(".bias") for n in decayed)
+    adamw2, muon = build_optimizers(model, tcfg(optimizer="muon"))
+    assert isinstance(muon, torch.optim.Muon)
+    in_muon = {names[id(p)] for g in muon.param_groups for p in g["params"]}
+    assert in_muon == {n for n, p in model.named_parameters() if p.dim() == 2 and ".h." in n}
+    in_adamw = {names[id(p)] for g in adamw2.param_groups for p in g["params"]}
+    assert in_adamw.isdisjoint(in_muon) and len(in_adamw | in_muon) == len(names)
+
+
+def test_warmup_cosine_and_grad_norm_in_step_events(setup):
+    mcfg, split, tok = setup
+    events = []
+    Trainer(mcfg, tcfg(steps=20, warmup_steps=5, eval_interval=0, sample_tokens=0, lr=1e-3, grad_clip=0.5),
+            split, tok, on_event=events.append).run()
+    lrs = [e["lr"] for e in events if e["kind"] == "step"]
+    assert lrs[:5] == sorted(lrs[:5]) and lrs[4] == pytest.approx(1e-3)
+    assert lrs[5:] == sorted(lrs[5:], reverse=True) and lrs[-1] >= 1e-4
+    assert all(e["grad_norm"] > 0 for e in events if e["kind"] == "step")
+
+
+def test_out_of_memory_fails_with_reason(setup, tmp_path, monkeypatch):
+    mcfg, split, tok = setup
+    tr = Trainer(mcfg, tcfg(steps=10, eval_interval=0, ckpt_interval=3), split, tok, out_dir=tmp_path)
+    real = tr.train_step
+
+    def step():
+        if tr.step == 4:
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+        return real()
+
+    monkeypatch.setattr(tr, "train_step", step)
+    final = tr.run()
+    assert final["kind"] == "failed" and "out of memory at step 4" in final["reason"]
+    assert final["last_checkpoint"] and checkpoint.load(tmp_path / "latest").meta["step"] == 3
+
+
 def test_nan_loss_fails_with_reason_and_keeps_last_good_checkpoint(setup, tmp_path):
     mcfg, split, tok = setup
-    tr = Trainer(mcfg, tcfg(steps=40, ckpt_interval=10, eval_interval=0), split, tok, out_dir=tmp_path)
+    tr = Trainer(mcfg, tcfg(steps=20, ckpt_interval=5, eval_interval=0, sample_tokens=0), split, tok, out_dir=tmp_path)
 
     def poison(ev):
-        if ev["kind"] == "checkpoint" and ev["step"] == 20:
+        if ev["kind"] == "checkpoint" and ev["step"] == 10:
             with torch.no_grad():
                 tr.raw_model.transformer.wte.weight.fill_(float("nan"))
 
     tr.add_sink(poison)
     final = tr.run()
-    assert final["kind"] == "failed" and "nan" in final["reason"].lower() and "step 20" in final["reason"]
-    ck = checkpoint.load(tmp_path / "latest")  # still loads: finite weights from step 20
-    assert ck.meta["step"] == 20
+    assert final["kind"] == "failed" and "nan" in final["reason"].lower() and "step 10" in final["reason"]
+    assert final["last_checkpoint"] == str(tmp_path / "latest")
+    ck = checkpoint.load(tmp_path / "latest")  # still loads: finite weights from step 10
+    assert ck.meta["step"] == 10 and all(torch.isfinite(v).all() for v in ck.model.state_dict().values())
 
 
 def test_too_little_data_is_a_clear_error(char_tokenizer):
@@ -117,3 +204,63 @@ def test_cli_reports_bad_flags_clearly(tmp_path):
                          cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert res.returncode == 2
     assert "divisible" in json.loads(res.stdout.splitlines()[-1])["reason"]
+
+
+def test_cli_text_file_shorter_than_block_is_a_clear_error(tmp_path):
+    f = tmp_path / "tiny.txt"
+    f.write_text("to be or not to be, that is the question. " * 3, encoding="utf-8")
+    res = subprocess.run([sys.executable, "-m", "core.train", "--text-file", str(f), "--preset", "micro",
+                          "--block-size", "256", "--out", str(tmp_path / "run"), "--json"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 2
+    ev = json.loads(res.stdout.splitlines()[-1])
+    assert ev["kind"] == "failed" and ev["step"] == 0 and "block" in ev["reason"]
+    assert not (tmp_path / "run" / "latest").exists()
+
+
+def test_cli_help_documents_the_contract():
+    res = subprocess.run([sys.executable, "-m", "core.train", "--help"], cwd=ROOT, capture_output=True, text=True,
+                         timeout=120)
+    assert res.returncode == 0
+    for flag in ("--json", "--resume", "--threads", "--device", "--optimizer", "--seed", "--weight-decay",
+                 "--dropout", "--warmup", "--sample-interval", "--sample-prompt", "--eval-interval",
+                 "--ckpt-interval", "--corpus", "--text-file", "SIGTERM"):
+        assert flag in res.stdout
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_cli_signal_stops_saves_latest_and_resumes(tmp_path, sig):
+    out = tmp_path / "run"
+    base = [sys.executable, "-m", "core.train", "--corpus", "arithmetic", "--preset", "micro", "--block-size", "32",
+            "--steps", "100000", "--batch-size", "4", "--eval-interval", "0", "--eval-batches", "2",
+            "--sample-tokens", "0", "--log-interval", "1", "--dtype", "float32", "--threads", "1",
+            "--out", str(out), "--json"]
+    proc = subprocess.Popen(base, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        seen = []
+        for line in proc.stdout:
+            seen.append(json.loads(line))
+            if seen[-1]["kind"] == "step":
+                proc.send_signal(sig)
+                break
+        rest = [json.loads(line) for line in proc.stdout]
+        assert proc.wait(timeout=120) == 0, proc.stderr.read()
+    finally:
+        proc.kill()
+        proc.wait()
+    stopped = rest[-1]
+    assert stopped["kind"] == "stopped" and stopped["step"] <= seen[-1]["step"] + 1
+    assert sum(ev["kind"] == "step" for ev in rest) <= 1  # within one step of the signal
+    ck = checkpoint.load(out / "latest")
+    assert ck.meta["step"] == stopped["step"]
+    state, meta = checkpoint.load_train_state(out / "latest")
+    assert meta["step"] == stopped["step"] and any(k.startswith("optim.") for k in state)
+    if sig == signal.SIGTERM:  # --resume continues from OUT/latest
+        stop_at = stopped["step"]
+        resumed = subprocess.run([a if a != "100000" else str(stop_at + 3) for a in base] + ["--resume"],
+                                 cwd=ROOT, capture_output=True, text=True, timeout=300)
+        assert resumed.returncode == 0, resumed.stderr
+        evs = [json.loads(line) for line in resumed.stdout.splitlines()]
+        assert evs[0]["kind"] == "start" and evs[0]["resumed"] is True
+        assert [e["step"] for e in evs if e["kind"] == "step"] == [stop_at + 1, stop_at + 2, stop_at + 3]
+        assert evs[-1]["kind"] == "done"
