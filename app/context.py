@@ -1,6 +1,6 @@
 """The app context: the shared, long-lived things every tab receives.
 
-Owns: `AppContext` (the model catalog, later the job manager, and the folders the app
+Owns: `AppContext` (the model catalog, the training job manager, and the folders the app
 reads and writes) and `make_context`, which creates them once per app. Tabs get the
 context as an argument; nothing in `app/` keeps state in module globals.
 Does not own: what is in the folders (the catalog and the job manager do).
@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from app.catalog import ModelCatalog
+from app.jobs import JobManager
 
 ROOT = Path(__file__).resolve().parents[1]
 ASSETS_DIR = ROOT / "assets"
@@ -32,7 +33,7 @@ class AppContext:
     runs_dir: Path
     cache_dir: Path
     uploads_dir: Path
-    jobs: Any = None  # the training job manager (added by the training tab's issue)
+    jobs: JobManager | None = None  # the training job manager (runs in the background, under runs_dir)
     extras: dict[str, Any] = field(default_factory=dict)
 
 
@@ -44,11 +45,14 @@ def _path(arg: str | Path | None, env: str, default: Path) -> Path:
 def make_context(runs_dir: str | Path | None = None, bundled: str | Path | None = None, *,
                  cache_dir: str | Path | None = None, uploads_dir: str | Path | None = None,
                  hub_cache_dir: str | Path | None = None, max_resident: int = 3,
-                 device: str | None = None) -> AppContext:
+                 device: str | None = None, train_threads: int | None = None,
+                 train_backend: str = "auto") -> AppContext:
     """Create the context once per app (`build_app` receives it).
 
     `hub_cache_dir` None uses Hugging Face's own cache (HF_HOME), so models downloaded
-    before are found offline. `device` defaults to GLASSBOX_DEVICE or "cpu".
+    before are found offline. `device` defaults to GLASSBOX_DEVICE or "cpu". Training runs
+    use `train_threads` torch threads (default: GLASSBOX_TRAIN_THREADS, else half the cores)
+    and the job manager's `train_backend` ("auto": a subprocess, or a thread under ZeroGPU).
     """
     runs = _path(runs_dir, "GLASSBOX_RUNS_DIR", Path("runs"))
     cache = _path(cache_dir, "GLASSBOX_CACHE_DIR", Path("cache"))
@@ -59,4 +63,8 @@ def make_context(runs_dir: str | Path | None = None, bundled: str | Path | None 
         hub_cache_dir=Path(hub_cache_dir).expanduser().resolve() if hub_cache_dir is not None else None,
         max_resident=max_resident, device=device or os.environ.get("GLASSBOX_DEVICE", "cpu"),
     )
-    return AppContext(catalog=catalog, assets_dir=ASSETS_DIR, runs_dir=runs, cache_dir=cache, uploads_dir=uploads)
+    env_threads = os.environ.get("GLASSBOX_TRAIN_THREADS")
+    threads = train_threads if train_threads is not None else (int(env_threads) if env_threads else None)
+    jobs = JobManager(runs, threads=threads, backend=train_backend)
+    return AppContext(catalog=catalog, assets_dir=ASSETS_DIR, runs_dir=runs, cache_dir=cache, uploads_dir=uploads,
+                      jobs=jobs)

@@ -1,0 +1,167 @@
+"""The training job manager, driven directly: real child processes on a tiny synthetic corpus."""
+
+from __future__ import annotations
+
+import json
+import time
+import zipfile
+
+import pytest
+import torch
+
+from app.jobs import JobBusy, JobManager, TrainSettings, check_name
+from core import checkpoint
+
+# a 1-layer, 32-dim model on the "arithmetic" corpus: a step takes milliseconds
+TINY = dict(corpus="arithmetic", n_layer=1, n_head=2, n_embd=32, block_size=32, batch_size=8, lr=1e-2, warmup=5,
+            eval_batches=2)
+
+
+def wait(jm: JobManager, name: str, until, timeout: float = 90.0) -> dict:
+    t0 = time.monotonic()
+    while True:
+        st = jm.status(name)
+        if until(st):
+            return st
+        if time.monotonic() - t0 > timeout:
+            raise AssertionError(f"timed out waiting; last status: {st['state']} step {st['step']} {st['reason']}")
+        time.sleep(0.2)
+
+
+@pytest.fixture
+def jm(tmp_path):
+    m = JobManager(tmp_path / "runs", threads=1)
+    yield m
+    m.close()
+
+
+@pytest.mark.parametrize("bad, message", [
+    (dict(steps=0), "steps=0 is out of range"),
+    (dict(steps=10**9), "steps=1000000000 is out of range"),
+    (dict(lr=float("nan")), "lr=nan"),
+    (dict(batch_size=2.5), "batch_size must be a whole number"),
+    (dict(n_layer="3"), "n_layer must be a number"),
+    (dict(n_embd=100, n_head=3), "divisible by heads"),
+    (dict(warmup=600, steps=500), "warmup=600 is longer"),
+    (dict(corpus="nope"), "corpus 'nope' is unknown"),
+    (dict(corpus="text", text="hi"), "characters"),
+    (dict(corpus="text", text="x" * 1_000_001), "over the limit of 1,000,000"),
+    (dict(tokenizer="word"), "tokenizer 'word' is unknown"),
+    (dict(name="../evil"), "is not allowed"),
+    (dict(n_layer=12, n_embd=1024, n_head=16, block_size=1024, batch_size=256), "GB to train"),
+])
+def test_settings_are_validated_with_clear_messages(bad, message):
+    with pytest.raises(ValueError, match=None) as e:
+        TrainSettings(**{**TINY, **bad}).validate()
+    assert message in str(e.value)
+
+
+def test_unknown_setting_and_names():
+    with pytest.raises(ValueError, match="unknown training settings: colour"):
+        TrainSettings.from_dict({"colour": "red"})
+    assert check_name("my-run_2") == "my-run_2"
+    for bad in ("..", "a/b", "", "x" * 65, "a b", "ü", None, "/etc"):
+        with pytest.raises(ValueError):
+            check_name(bad)
+
+
+def test_run_learns_writes_loadable_checkpoints_and_survives_restart(jm, tmp_path):
+    st = jm.start({**TINY, "steps": 60, "eval_interval": 20, "name": "learn"})
+    assert st["job"] == "learn" and st["running"]
+    st = wait(jm, "learn", lambda s: not s["running"])
+    assert st["state"] == "done", st["reason"]
+    assert st["step"] == st["total"] == 60
+    losses = [loss for _, loss in st["losses"]]
+    assert len(losses) == 60
+    assert sum(losses[-10:]) / 10 < sum(losses[:5]) / 5 - 0.1, losses  # it learned (batch noise is ~0.03)
+    assert [e[0] for e in st["evals"]] == [20, 40, 60]
+    assert st["evals"][-1][2] < st["evals"][0][2]  # val loss fell too
+    assert st["sample"] and {"latest", "best"} <= set(st["checkpoints"])
+    ck = checkpoint.load(tmp_path / "runs" / "learn" / "latest")
+    assert ck.meta["step"] == 60 and ck.config.n_embd == 32
+
+    # a new manager (a restarted server) still shows the finished run and its curve
+    again = JobManager(tmp_path / "runs", threads=1)
+    try:
+        runs = again.runs()
+        assert [r["name"] for r in runs] == ["learn"] and runs[0]["state"] == "done"
+        assert again.status("learn")["losses"] == st["losses"]
+    finally:
+        again.close()
+
+
+def test_busy_stop_resume_zip(jm, tmp_path):
+    jm.start({**TINY, "steps": 5000, "eval_interval": 10, "name": "long"})
+    st = wait(jm, "long", lambda s: s["step"] >= 15 and s["evals"])
+    with pytest.raises(JobBusy, match="'long'"):
+        jm.start({**TINY, "steps": 10, "name": "second"})
+    assert not (tmp_path / "runs" / "second").exists()
+
+    st = jm.stop("long", wait=60)
+    assert st["state"] == "stopped" and st["kind"] == "stopped", st["reason"]
+    stopped_at = st["step"]
+    assert stopped_at < 5000
+    ck = checkpoint.load(tmp_path / "runs" / "long" / "latest")  # a valid checkpoint at the stop step
+    assert ck.meta["step"] == stopped_at
+
+    with pytest.raises(ValueError, match="no training run is going"):
+        jm.stop()
+    with pytest.raises(ValueError, match=f"more than the {stopped_at} steps"):
+        jm.resume("long", steps=stopped_at)
+    jm.resume("long", steps=stopped_at + 10)
+    st = wait(jm, "long", lambda s: not s["running"])
+    assert st["state"] == "done", st["reason"]
+    assert st["step"] == stopped_at + 10
+    assert [s for s, _ in st["losses"]] == list(range(1, stopped_at + 11))  # one curve across both parts
+
+    path = jm.zip_run("long", tmp_path / "zips")
+    with zipfile.ZipFile(path) as zf:
+        names = set(zf.namelist())
+    assert {"long/latest/model.safetensors", "long/latest/config.json", "long/latest/tokenizer.json",
+            "long/job.json"} <= names
+    for bad in ("../runs", "..", "long/../../x", "/etc"):
+        with pytest.raises(ValueError, match="not allowed"):
+            jm.zip_run(bad, tmp_path / "zips")
+        with pytest.raises(ValueError, match="not allowed"):
+            jm.status(bad)
+
+
+def test_close_reaps_the_child_and_interrupted_runs_show_on_restart(tmp_path):
+    jm = JobManager(tmp_path / "runs", threads=1)
+    jm.start({**TINY, "steps": 100_000, "eval_interval": 10, "name": "endless"})
+    wait(jm, "endless", lambda s: s["step"] >= 2)
+    proc = jm._jobs["endless"].proc
+    jm.close(timeout=60)
+    assert proc.poll() is not None  # reaped, not a zombie or an orphan
+    assert jm.status("endless")["state"] == "stopped"
+    with pytest.raises(ValueError, match="closed"):
+        jm.start({**TINY, "steps": 5})
+
+    # a run that was "running" when its server vanished is listed as interrupted, and resumable
+    record = json.loads((tmp_path / "runs" / "endless" / "job.json").read_text())
+    (tmp_path / "runs" / "endless" / "job.json").write_text(json.dumps({**record, "state": "running"}))
+    again = JobManager(tmp_path / "runs", threads=1)
+    try:
+        st = again.status("endless")
+        assert st["state"] == "interrupted" and "resume" in st["reason"]
+    finally:
+        again.close()
+
+
+def test_thread_backend_runs_and_stops(tmp_path):
+    """The in-process backend (used under ZeroGPU, where training must run in @spaces.GPU)."""
+    threads = torch.get_num_threads()
+    jm = JobManager(tmp_path / "runs", threads=1, backend="thread")
+    try:
+        jm.start({**TINY, "steps": 20, "eval_interval": 10, "name": "inproc"})
+        st = wait(jm, "inproc", lambda s: not s["running"])
+        assert st["state"] == "done" and st["step"] == 20, st["reason"]
+        assert checkpoint.is_checkpoint(tmp_path / "runs" / "inproc" / "latest")
+        jm.start({**TINY, "steps": 100_000, "eval_interval": 10, "name": "inproc2"})
+        wait(jm, "inproc2", lambda s: s["step"] >= 12)
+        st = jm.stop("inproc2", wait=60)
+        assert st["state"] == "stopped"
+        assert checkpoint.load(tmp_path / "runs" / "inproc2" / "latest").meta["step"] == st["step"]
+    finally:
+        jm.close()
+        torch.set_num_threads(threads)
