@@ -231,6 +231,10 @@ def check_prompt(model: GPT, ids: list[int], max_new_tokens: int) -> None:
         raise ValueError(f"token id {bad} is out of range: the model has ids 0..{V - 1}")
 
 
+# The decorator (not a `with` block around the yields) enters inference mode on each resume and
+# leaves it at each yield, so a half-consumed generator never leaves the caller's thread with
+# autograd switched off.
+@torch.inference_mode()
 def _loop(model: GPT, ids: list[int], max_new_tokens: int, s: Sampling, seed: int | None,
           eot_id: int | None, use_cache: bool, top: int) -> Iterator:
     """Yield ints (top == 0) or `Step`s (top > 0). Uses the KV cache while the text fits the
@@ -282,8 +286,7 @@ def _loop(model: GPT, ids: list[int], max_new_tokens: int, s: Sampling, seed: in
 def stream(model: GPT, ids: list[int], max_new_tokens: int, sampling: Sampling = Sampling(),
            seed: int | None = None, eot_id: int | None = None, use_cache: bool = True) -> Iterator[int]:
     """Yield new token ids one at a time (stops after `eot_id` or `max_new_tokens`)."""
-    with torch.inference_mode():
-        yield from _loop(model, ids, max_new_tokens, sampling, seed, eot_id, use_cache, 0)
+    yield from _loop(model, ids, max_new_tokens, sampling, seed, eot_id, use_cache, 0)
 
 
 def steps(model: GPT, ids: list[int], max_new_tokens: int, sampling: Sampling = Sampling(),
@@ -293,8 +296,7 @@ def steps(model: GPT, ids: list[int], max_new_tokens: int, sampling: Sampling = 
     The same seed gives the same tokens as `stream`."""
     if not 1 <= top <= 100:
         raise ValueError(f"top={top} candidates must be between 1 and 100")
-    with torch.inference_mode():
-        yield from _loop(model, ids, max_new_tokens, sampling, seed, eot_id, use_cache, top)
+    yield from _loop(model, ids, max_new_tokens, sampling, seed, eot_id, use_cache, top)
 
 
 def generate(model: GPT, ids: list[int], max_new_tokens: int, *, temperature: float = 1.0,

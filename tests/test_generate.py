@@ -146,3 +146,20 @@ def test_cli_prints_json(tiny_ckpt, capsys):
     assert len(json.loads(capsys.readouterr().out)["ids"]) == 5
     assert main([str(tiny_ckpt), "--prompt", "First", "--top-p", "3"]) == 2
     assert "top_p" in capsys.readouterr().err
+
+
+def test_a_half_consumed_stream_leaves_autograd_on(char_tokenizer):
+    """A generator that yields inside `with torch.inference_mode()` leaves the mode on in the
+    caller's thread while suspended: training after an abandoned stream then fails."""
+    import torch
+
+    from core.generate import Sampling, stream, steps
+    from tests.conftest import make_model
+
+    model = make_model(char_tokenizer.vocab_size)
+    for gen in (stream(model, [1, 2, 3], 5, Sampling(greedy=True)), steps(model, [1, 2, 3], 5)):
+        next(gen)
+        assert torch.is_grad_enabled() and not torch.is_inference_mode_enabled()
+        del gen
+    w = torch.ones(2, requires_grad=True)
+    assert (w * 2).sum().requires_grad
