@@ -332,6 +332,8 @@ class JobManager:
             job = self._get(name)
             if job.active:
                 raise ValueError(f"run {name!r} is still training")
+            for sub in ("latest", "best"):  # the trainer is not running: undo a save it was killed in
+                checkpoint.recover(job.run_dir / sub)
             if not checkpoint.is_checkpoint(job.run_dir / "latest"):
                 raise ValueError(f"run {name!r} has no checkpoint to resume from (it stopped before saving one)")
             args = [a for a in job.args if a != "--resume"]

@@ -76,8 +76,32 @@ def _state_dict_for_save(model: GPT) -> dict[str, torch.Tensor]:
     return {k: v.detach().to("cpu").contiguous() for k, v in sd.items()}
 
 
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two paths in one atomic step (Linux renameat2 RENAME_EXCHANGE). False where the
+    kernel, libc or file system cannot (the caller then falls back to two renames)."""
+    import ctypes
+    import errno
+
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    if renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, errno.EXDEV, errno.EPERM):
+        return False
+    raise OSError(err, os.strerror(err), str(b))
+
+
 def _atomic_folder(folder: Path, write) -> Path:
-    """Run `write(tmp)` into a temporary sibling folder, then rename it to `folder`."""
+    """Run `write(tmp)` into a temporary sibling folder, then put it in place of `folder`.
+
+    An existing folder is swapped out in one atomic step where the system allows, so a process
+    killed at any moment leaves either the old or the new checkpoint at `folder`, never neither.
+    Elsewhere the old folder is first renamed to `.<name>.old-*`; `recover()` puts it back if
+    the process died between the two renames."""
     folder = Path(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = folder.parent / f".{folder.name}.tmp-{uuid.uuid4().hex[:8]}"
@@ -85,16 +109,41 @@ def _atomic_folder(folder: Path, write) -> Path:
     try:
         write(tmp)
         if folder.exists():
-            old = folder.parent / f".{folder.name}.old-{uuid.uuid4().hex[:8]}"
-            os.rename(folder, old)
-            os.rename(tmp, folder)
-            shutil.rmtree(old, ignore_errors=True)
+            if _exchange(tmp, folder):
+                shutil.rmtree(tmp, ignore_errors=True)  # tmp now holds the old checkpoint
+            else:
+                old = folder.parent / f".{folder.name}.old-{uuid.uuid4().hex[:8]}"
+                os.rename(folder, old)
+                os.rename(tmp, folder)
+                shutil.rmtree(old, ignore_errors=True)
         else:
             os.rename(tmp, folder)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return folder
+
+
+def recover(folder: str | Path) -> bool:
+    """After a crash: if `folder` is missing but a previous version was set aside by an
+    interrupted save (`.<name>.old-*`), put the newest one back; remove half-written
+    `.<name>.tmp-*` folders. Only the process that writes `folder` may call this (a trainer
+    about to resume). Returns True if a checkpoint was put back."""
+    folder = Path(folder)
+    parent = folder.parent
+    if not parent.is_dir():
+        return False
+    restored = False
+    olds = sorted(parent.glob(f".{folder.name}.old-*"), key=lambda d: d.stat().st_mtime, reverse=True)
+    if not folder.exists():
+        for d in olds:
+            if is_checkpoint(d):
+                os.rename(d, folder)
+                restored = True
+                break
+    for d in [*parent.glob(f".{folder.name}.old-*"), *parent.glob(f".{folder.name}.tmp-*")]:
+        shutil.rmtree(d, ignore_errors=True)
+    return restored
 
 
 def save(folder: str | Path, model: GPT, tokenizer: Tokenizer | None, meta: dict | None = None,

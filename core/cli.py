@@ -186,6 +186,12 @@ def train_main(argv: list[str] | None = None) -> int:
         resume_dir = out / "latest" if a.resume else None
         tok = None
         if resume_dir is not None:
+            if dist.main:  # a save killed half-way may have set the previous checkpoint aside
+                ckpt.recover(resume_dir)
+                ckpt.recover(out / "best")
+            if dist.enabled:
+                import torch.distributed as tdist
+                tdist.barrier()
             if not ckpt.is_checkpoint(resume_dir):
                 raise ValueError(f"--resume: no checkpoint at {resume_dir}")
             tok = Tokenizer.from_file(resume_dir / ckpt.TOKENIZER_FILE)
