@@ -290,10 +290,13 @@ def _hf_key_map(header: dict[str, dict]) -> dict[str, str]:
 
 def _load_tokenizer(folder: Path) -> Tokenizer | None:
     if (folder / TOKENIZER_FILE).is_file() or (folder / "vocab.json").is_file():
+        files = TOKENIZER_FILE if (folder / TOKENIZER_FILE).is_file() else "vocab.json + merges.txt"
         try:
             return Tokenizer.from_file(folder)
         except ValueError as e:
-            raise CheckpointError(f"tokenizer files in {folder.name}: {e}") from None
+            # name the files, not the server's folders (an upload is checked in a temp folder)
+            why = str(e).replace(f"{folder}{os.sep}", "").replace(str(folder), "the checkpoint folder")
+            raise CheckpointError(f"invalid tokenizer ({files}): {why}") from None
     return None
 
 

@@ -24,6 +24,46 @@ METHOD_LABELS = {"greedy": "Greedy", "sample": "Sampling", "top_k": "Top-k", "to
                  "min_p": "Min-p", "beam": "Beam search"}
 MAX_SAMPLES = 16
 MAX_SWEEP_RUNS = 64
+MAX_SEED = 2**63 - 1
+
+
+def _shown(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:39] + "…"
+
+
+def as_int(name: str, value) -> int:
+    """`value` as an int, or a ValueError naming `name` (strings of digits and whole floats are
+    accepted; NaN, infinity, fractions, booleans and other types are not)."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(value, float) and math.isfinite(value) and value.is_integer():
+        return int(value)
+    if isinstance(value, str):
+        try:
+            return int(value.strip())
+        except ValueError:
+            pass
+    raise ValueError(f"{name} must be an integer, got {_shown(value)}")
+
+
+def as_float(name: str, value) -> float:
+    """`value` as a float (range checks are the caller's), or a ValueError naming `name`."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return value  # as given, so messages show the number the caller sent
+    if isinstance(value, str):
+        try:
+            return float(value.strip())
+        except ValueError:
+            pass
+    raise ValueError(f"{name} must be a number, got {_shown(value)}")
+
+
+def check_seed(seed) -> int:
+    seed = as_int("seed", seed)
+    if not 0 <= seed <= MAX_SEED:
+        raise ValueError(f"seed={seed} is out of range: use 0 to 2**63 - 1")
+    return seed
 
 
 @dataclass(frozen=True)
@@ -61,10 +101,14 @@ class Method:
             raise ValueError(f"unknown setting(s) {unknown}; known: {sorted(known)}")
         if "method" in d:
             d["kind"] = d.pop("method")
-        if d.get("top_k") is not None:
-            d["top_k"] = int(d["top_k"])
-        if d.get("num_beams") is not None:
-            d["num_beams"] = int(d["num_beams"])
+        if not isinstance(d.get("kind", "greedy"), str):
+            raise ValueError(f"kind must be a method name, got {_shown(d['kind'])}")
+        for name in ("top_k", "num_beams"):
+            if d.get(name) is not None:
+                d[name] = as_int(name, d[name])
+        for name in ("temperature", "top_p", "min_p", "repetition_penalty", "length_penalty"):
+            if d.get(name) is not None:
+                d[name] = as_float(name, d[name])
         return cls(**d)
 
     def sampling(self) -> Sampling:

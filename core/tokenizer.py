@@ -289,7 +289,10 @@ class Tokenizer:
             try:
                 text.encode("utf-8")
             except UnicodeEncodeError as u:
-                raise TokenizerError(f"text is not valid Unicode at index {u.start}: {u.reason}") from None
+                bad = text[u.start]
+                what = f"a lone surrogate U+{ord(bad):04X}" if "\ud800" <= bad <= "\udfff" else repr(bad)
+                raise TokenizerError(f"text is not valid Unicode at index {u.start}: {what} ({u.reason}); "
+                                     "remove it or paste the text again") from None
             raise TokenizerError(f"could not encode text: {e}") from None
 
     def decode(self, ids: Iterable[int]) -> str:

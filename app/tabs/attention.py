@@ -268,7 +268,9 @@ def build(ctx, model_picker: gr.Dropdown) -> None:
     main = gr.Plot(r.get("main"), elem_id="attn-main", **plot)
     gr.Markdown("### One query token\nWhich earlier tokens it attends to: shaded below for the selected head "
                 "(click a token to make it the query), and in every head in the chart.")
-    query = gr.Number(r["query"], precision=0, label="Query token position (−1 = the last)", elem_id="attn-query")
+    # precision=None: Gradio's own rounding would turn "x", NaN or infinity into an anonymous error;
+    # `A.check_query` rejects them (and 1.5) with a message instead
+    query = gr.Number(r["query"], precision=None, label="Query token position (−1 = the last)", elem_id="attn-query")
     strip = gr.HighlightedText(r.get("strip"), label="Selected head: weight on each earlier token (darkest = largest)",
                                show_legend=False, show_inline_category=False, elem_id="attn-strip")
     heads_plot = gr.Plot(r.get("heads_plot"), **plot)

@@ -55,11 +55,17 @@ def prepare(catalog, key, prompt: str, columns, max_new_tokens):
     prompt = prompt or ""
     if len(prompt) > MAX_PROMPT_CHARS:
         raise ValueError(f"the prompt has {len(prompt):,} characters; the limit is {MAX_PROMPT_CHARS:,}")
-    n = int(max_new_tokens)
+    n = D.as_int("max_new_tokens", max_new_tokens)
     if not 1 <= n <= MAX_NEW_TOKENS:
         raise ValueError(f"max_new_tokens={n} must be between 1 and {MAX_NEW_TOKENS}")
+    if columns is not None and not isinstance(columns, (list, tuple)):
+        raise ValueError('columns must be a list of settings, e.g. [{"kind": "greedy"}, {"kind": "top_p", '
+                         f'"top_p": 0.9}}], got {D._shown(columns)}')
     if not columns or not 1 <= len(columns) <= MAX_COLUMNS:
         raise ValueError(f"give between 1 and {MAX_COLUMNS} columns (got {len(columns or [])})")
+    for i, c in enumerate(columns, 1):
+        if c is not None and not isinstance(c, dict):
+            raise ValueError(f'column {i} must be a dict of settings such as {{"kind": "greedy"}}, got {D._shown(c)}')
     methods = [D.Method.from_dict(c) for c in columns]
     if any(m.kind == "beam" and m.num_beams > MAX_BEAMS for m in methods):
         raise ValueError(f"num_beams must be at most {MAX_BEAMS} here")
@@ -74,7 +80,8 @@ def prepare(catalog, key, prompt: str, columns, max_new_tokens):
 
 
 def start(ck, ids, methods, n, seed) -> list[D.Column]:
-    return [D.Column(ck.model, ids, m, n, seed=int(seed), eot_id=ck.tokenizer.eot_id) for m in methods]
+    seed = D.check_seed(seed)
+    return [D.Column(ck.model, ids, m, n, seed=seed, eot_id=ck.tokenizer.eot_id) for m in methods]
 
 
 def advance_all(cols: list[D.Column]):
@@ -167,7 +174,7 @@ def sample_view(catalog, key, text, max_new_tokens, sd, col, n, n_visible, *flat
     if col >= int(n_visible):
         raise ValueError(f"column {col + 1} is not shown; pick one of the first {int(n_visible)}")
     ck, ids, methods, mx = prepare(catalog, key, text, methods_of(n_visible, flat), max_new_tokens)
-    s = D.sample_n(ck.model, ids, methods[col], int(n), mx, seed=int(sd or 0), eot_id=ck.tokenizer.eot_id)
+    s = D.sample_n(ck.model, ids, methods[col], int(n), mx, seed=D.check_seed(sd or 0), eot_id=ck.tokenizer.eot_id)
     sm = s.summary
     md = (f"**{md_escape(methods[col].label())}** × {sm['n']}: {sm['unique']} different texts · distinct-1 across "
           f"samples {sm['distinct_1']:.3f} · distinct-2 {sm['distinct_2']:.3f} · perplexity {sm['perplexity']:.2f}")
@@ -186,7 +193,7 @@ def sweep_view(catalog, key, text, max_new_tokens, sd, kinds, temps_text, per):
         raise ValueError(f"{len(ts)} temperatures; the limit is 8")
     ck, ids, _, mx = prepare(catalog, key, text, [{}], min(int(max_new_tokens), 64))
     pts = D.sweep(ck.model, ids, [D.Method(kind=k) for k in (kinds or [])], ts, n=int(per), max_new_tokens=mx,
-                  seed=int(sd or 0), eot_id=ck.tokenizer.eot_id)
+                  seed=D.check_seed(sd or 0), eot_id=ck.tokenizer.eot_id)
     rows = [[p["label"], p["temperature"], round(p["perplexity"], 2), round(p["distinct_2"], 3), p["unique"]]
             for p in pts]
     return figs.sweep_figure(pts), rows

@@ -106,10 +106,10 @@ def check_query(query: int, T: int) -> int:
 def _int(v, name: str) -> int:
     try:
         i = int(v)
-    except (TypeError, ValueError):
-        raise ValueError(f"{name} must be an integer, got {v!r}") from None
+    except (TypeError, ValueError, OverflowError):  # None, "two", NaN; infinity overflows
+        raise ValueError(f"{name} must be an integer, got {v!r:.40}") from None
     if i != v and not (isinstance(v, str) and v.strip().lstrip("-").isdigit()):
-        raise ValueError(f"{name} must be an integer, got {v!r}")
+        raise ValueError(f"{name} must be an integer, got {v!r:.40}")
     return i
 
 

@@ -163,6 +163,11 @@ def search_tokens(labels: Sequence[str], query: str, max_chars: int = 100) -> np
         raise ValueError("the search must be text")
     if len(query) > max_chars:
         raise ValueError(f"the search is {len(query)} characters; at most {max_chars} are accepted")
+    try:
+        query.encode("utf-8")
+    except UnicodeEncodeError as e:  # a lone surrogate (JSON can carry one as an escape)
+        raise ValueError(f"the search is not valid Unicode at index {e.start}: "
+                         f"a lone surrogate U+{ord(query[e.start]):04X}") from None
     if not query:
         return np.zeros(0, np.int64)
     q = display_text(query).casefold()
