@@ -260,7 +260,7 @@ def _loop(model: GPT, ids: list[int], max_new_tokens: int, s: Sampling, seed: in
     for i in range(max_new_tokens):
         t0 = clock()
         if cache is not None and cache.pos + len(pending) <= cache.max_len:
-            logits, _ = model(torch.tensor([pending], device=device), kv_cache=cache)
+            logits, _ = model(torch.tensor([pending], device=device), kv_cache=cache, last_only=True)
         else:  # no cache, or the cache is full: recompute on the window
             cache = None
             logits, _ = model(torch.tensor([ctx[-block:]], device=device))

@@ -336,6 +336,7 @@ class Trainer:
             new = generate(m, ids[-self.mcfg.block_size:], self.cfg.sample_tokens, temperature=0.8, top_k=50,
                            seed=self.cfg.seed, eot_id=self.tokenizer.eot_id)
         m.train(was_training)
+        m.clear_decode_cache()  # the weights change next step: don't keep a transposed copy alive
         return self.cfg.sample_prompt + self.tokenizer.decode(new)
 
     def _meta(self, **extra) -> dict:

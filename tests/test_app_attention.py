@@ -132,12 +132,22 @@ POINT_JS = """([name, fx, fy]) => {
 WAIT = 30_000  # ms: two shared CPU cores recompute every head on each change
 
 
-def click_plot(page, name=None, fx=0.2, fy=0.8):
-    """Click a head's tile in the grid (by name) or a point of the large head (name None)."""
-    page.locator("#attn-main .js-plotly-plot").scroll_into_view_if_needed()
-    x, y = page.evaluate(POINT_JS, [name, fx, fy])
-    page.mouse.move(x, y)
-    page.mouse.click(x, y)
+def click_plot(page, name=None, fx=0.2, fy=0.8, tries=6):
+    """Click a head's tile in the grid (by name) or a point of the large head (name None).
+    Plotly redraws the plot element after an update lands, so locate it again until it holds still."""
+    from playwright.sync_api import Error
+
+    for attempt in range(tries):
+        try:
+            page.wait_for_timeout(250)  # let a redraw that is under way finish
+            page.locator("#attn-main .js-plotly-plot").scroll_into_view_if_needed(timeout=5_000)
+            x, y = page.evaluate(POINT_JS, [name, fx, fy])
+            page.mouse.move(x, y)
+            page.mouse.click(x, y)
+            return
+        except (Error, TypeError):  # detached mid-redraw, or the trace is not drawn yet
+            if attempt == tries - 1:
+                raise
 
 
 @pytest.mark.browser

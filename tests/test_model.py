@@ -95,3 +95,86 @@ def test_describe_modules_counts_add_up(model):
     rows = model.describe_modules()
     assert sum(r["params"] for r in rows) == model.num_params()
     assert rows[0]["module"] == "transformer.wte" and rows[0]["shape"] == [50, 32]
+
+
+def _decode_logits(model, idx, chunks, **kw):
+    """Logits of a KV-cache decode fed in `chunks`, concatenated along T."""
+    cache = model.new_kv_cache(idx.size(0))
+    outs, pos = [], 0
+    for c in chunks:
+        outs.append(model(idx[:, pos:pos + c], kv_cache=cache, **kw)[0])
+        pos += c
+    return torch.cat(outs, 1)
+
+
+def test_decode_fast_path_equals_plain_path(model):
+    """The transposed-weight decode path (no grad, KV cache, ≤ DECODE_ROWS rows) gives the same
+    logits as nn.Linear's, and is only taken there."""
+    from core import model as M
+
+    model.clear_decode_cache()
+    idx = torch.randint(0, 50, (2, 24))
+    chunks = [8] + [1] * 16
+    full, _ = model(idx)
+    with torch.no_grad():
+        fast = _decode_logits(model, idx, chunks)
+        assert any(p in M._TRANSPOSED for p in model.parameters())  # the copies were built
+        model.decode_weight_cache = False
+        try:
+            plain = _decode_logits(model, idx, chunks)
+        finally:
+            del model.decode_weight_cache  # back to the class default
+    assert torch.allclose(fast, plain, atol=1e-5)
+    assert torch.allclose(fast, full, atol=1e-5)
+    # with grad on, or in training mode, the copies are neither built nor used
+    model.clear_decode_cache()
+    assert not any(p in M._TRANSPOSED for p in model.parameters())
+    _decode_logits(model, idx, chunks)
+    assert not any(p in M._TRANSPOSED for p in model.parameters())
+
+
+def test_decode_fast_path_sees_weight_changes(model):
+    """An in-place change to a weight (optimizer step, load_state_dict) makes the transposed
+    copy stale: the next decode uses the new weights."""
+    import copy
+
+    m = copy.deepcopy(model)
+    idx = torch.randint(0, 50, (1, 12))
+    with torch.no_grad():
+        _decode_logits(m, idx, [4] + [1] * 8)  # builds the copies
+        m.transformer.h[1].mlp.c_fc.weight.mul_(3.0)
+        m.transformer.wte.weight.add_(0.1)  # the tied output head
+        full, _ = m(idx)
+        fast = _decode_logits(m, idx, [4] + [1] * 8)
+        assert torch.allclose(fast, full, atol=1e-5)
+        m.load_state_dict(model.state_dict())
+        fast = _decode_logits(m, idx, [4] + [1] * 8)
+        assert torch.allclose(fast, model(idx)[0], atol=1e-5)
+
+
+def test_decode_fast_path_with_inference_tensors():
+    """Weights created in inference mode have no version counter: no copy, the plain path."""
+    from core import model as M
+
+    with torch.inference_mode():
+        torch.manual_seed(1)
+        m = GPT(GPTConfig(vocab_size=50, block_size=16, n_layer=2, n_head=2, n_embd=16)).eval()
+        idx = torch.randint(0, 50, (1, 10))
+        full, _ = m(idx)
+        fast = _decode_logits(m, idx, [3] + [1] * 7)
+    assert torch.allclose(fast, full, atol=1e-5)
+    assert not any(p in M._TRANSPOSED for p in m.parameters())
+
+
+def test_last_only_logits(model):
+    idx = torch.randint(0, 50, (2, 20))
+    full, _ = model(idx)
+    last, _ = model(idx, last_only=True)
+    assert last.shape == (2, 1, 50) and torch.allclose(last, full[:, -1:], atol=1e-6)
+    with torch.no_grad():
+        cache = model.new_kv_cache(2)
+        a, _ = model(idx[:, :15], kv_cache=cache, last_only=True)
+        b, _ = model(idx[:, 15:], kv_cache=cache, last_only=True)
+    assert torch.allclose(a[:, 0], full[:, 14], atol=1e-5) and torch.allclose(b[:, 0], full[:, -1], atol=1e-5)
+    with pytest.raises(ValueError, match="last_only"):
+        model(idx, idx, last_only=True)
