@@ -20,7 +20,7 @@ INTERVAL = 2
 FLAGS = ["--corpus", "arithmetic", "--tokenizer", "char", "--preset", "micro", "--block-size", "32",
          "--n-embd", "32", "--n-layer", "1", "--n-head", "2", "--batch-size", "4", "--warmup", "2",
          "--eval-interval", "0", "--sample-tokens", "0", "--dtype", "float32", "--device", "cpu",
-         "--threads", "1", "--ckpt-interval", str(INTERVAL), "--json"]
+         "--threads", "1", "--ckpt-interval", str(INTERVAL), "--log-interval", "1", "--json"]
 
 
 def test_recover_puts_back_a_checkpoint_set_aside_by_an_interrupted_save(tmp_path, tiny_ckpt):
@@ -73,7 +73,7 @@ def test_sigkill_at_random_moments_never_breaks_a_checkpoint(tmp_path):
     rng = random.Random(7)
     runs = tmp_path / "runs"
     out = runs / "victim"
-    steps = 150
+    steps = 100_000  # far more than it will reach: the test ends every run itself
     resume = False
     for cycle in range(3):
         proc, events, reader = _run(out, steps, resume=resume)
@@ -95,10 +95,19 @@ def test_sigkill_at_random_moments_never_breaks_a_checkpoint(tmp_path):
         assert reached - saved <= INTERVAL + 1, (reached, saved)
         resume = True
 
+    # resumes from exactly the step it saved; then a clean stop (SIGTERM) ends it
+    saved = checkpoint.load(out / "latest").meta["step"]
     proc, events, reader = _run(out, steps, resume=True)
-    assert proc.wait(timeout=300) == 0, proc.stderr.read()[-2000:]
+    deadline = time.time() + 120
+    while not any(e["kind"] == "step" for e in events) and proc.poll() is None:
+        assert time.time() < deadline, "the resumed run made no step within 120 s"
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=120) == 0, proc.stderr.read()[-2000:]
     reader.join(timeout=10)
     start = next(e for e in events if e["kind"] == "start")
-    assert start["resumed"] is True and events[-1]["kind"] == "done"
-    assert checkpoint.load(out / "latest").meta["step"] == steps
+    first = next(e for e in events if e["kind"] == "step")
+    assert start["resumed"] is True and first["step"] == saved + 1
+    assert events[-1]["kind"] == "stopped"
+    assert checkpoint.load(out / "latest").meta["step"] == events[-1]["step"]
     assert "run:victim/latest" in _assert_catalog_sound(runs)
