@@ -54,7 +54,8 @@ def build_app(ctx: AppContext) -> gr.Blocks:
         source. Uploads and typed folders are listed only in the page of the visitor who added them."""
         return [{"key": e.key, "label": e.label, "source": e.source} for e in catalog.entries()]
 
-    with gr.Blocks(title="Glassbox", analytics_enabled=False) as demo:
+    # delete_cache: files Gradio keeps for sessions (CSV exports, uploads, zips) go after a day, checked hourly
+    with gr.Blocks(title="Glassbox", analytics_enabled=False, delete_cache=(3600, 86400)) as demo:
         with gr.Row(elem_id="gb-header"):
             gr.Markdown(f"# Glassbox\n{INTRO}", elem_id="gb-title")
         with gr.Row(elem_id="gb-picker-row", equal_height=False):

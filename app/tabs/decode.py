@@ -240,7 +240,7 @@ def build(ctx, model_picker: gr.Dropdown) -> None:
             boxes.append(col)
             settings += s
             outs.append(out)
-    state = gr.State(None)
+    state = gr.State(None, time_to_live=3600)  # per-session traces: dropped after an idle hour
     step_md = gr.Markdown("Click a token to see that step's candidates.", elem_id="dec-step")
     step_plot = gr.Plot(show_label=False, elem_id="dec-step-plot")
     metrics = gr.Dataframe(headers=METRIC_HEADERS, label="Metrics per column (perplexity and log p under the model "

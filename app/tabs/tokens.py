@@ -243,7 +243,7 @@ def build(ctx, model_picker: gr.Dropdown) -> None:
             train = gr.Button("Train BPE", variant="primary", scale=0, min_width=140)
         pasted = gr.Textbox(label="Your corpus (when Corpus is 'text')", lines=3, max_lines=8,
                             max_length=T.MAX_CORPUS_CHARS)
-        lab_state = gr.State(None)
+        lab_state = gr.State(None, time_to_live=3600)
         lab_head = gr.Markdown()
         with gr.Row(equal_height=False):
             cpt_plot = gr.Plot(show_label=False)
@@ -259,7 +259,7 @@ def build(ctx, model_picker: gr.Dropdown) -> None:
                                   max_height=420)
     with gr.Accordion("All of the above as JSON (what the /tokenize API returns)", open=False):
         data_json = gr.JSON(initial, show_label=False)
-    data_state = gr.State(initial)
+    data_state = gr.State(initial, time_to_live=3600)
 
     @user_errors
     def tokenize(key, txt, colour_by, lab):

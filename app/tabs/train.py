@@ -224,7 +224,7 @@ def build(ctx, model_picker: gr.Dropdown) -> None:
                     compare_plot = gr.Plot(figures.compare_runs([]), show_label=False, min_width=320)
                     diff_df = gr.Dataframe(headers=["setting"], label="Settings that differ", interactive=False,
                                            min_width=280)
-    seen = gr.State({})
+    seen = gr.State({}, time_to_live=3600)
     timer = gr.Timer(1.0)
 
     # ---- handlers --------------------------------------------------------------------------
