@@ -223,7 +223,15 @@ def train_main(argv: list[str] | None = None) -> int:
         loaded = ckpt.load(src)
         ckpt.save(a.export, loaded.model, loaded.tokenizer, loaded.meta)
     if dist.enabled:
+        import gc
+
         import torch.distributed as tdist
 
+        # Tear down in order: every rank done, the DDP wrapper (and its gloo work) freed, then the
+        # group. Destroying the group under a live DDP reducer can abort the process at exit
+        # ("terminate called without an active exception").
+        tdist.barrier()
+        del trainer
+        gc.collect()
         tdist.destroy_process_group()
     return {"done": 0, "stopped": 0}.get(final["kind"], 1)

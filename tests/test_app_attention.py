@@ -167,10 +167,18 @@ def test_browser_type_open_a_head_and_go_back(page, app_url, tiny_bpe_ckpt):
     head_radio = page.get_by_role("radio", name="Selected head, large")
     expect(grid_radio).to_be_checked(timeout=WAIT)
 
-    click_plot(page, "L1 H2")  # a click on a thumbnail opens that head large
+    # a click on a thumbnail opens that head large. Known race: a grid render still in flight from
+    # the typing can land after the head's and redraw the grid; then the tile is clicked again.
+    for attempt in range(3):
+        click_plot(page, "L1 H2")
+        try:
+            expect(page.locator("#attn-main")).to_contain_text("L1 H2 on", timeout=WAIT // 3)
+            break
+        except AssertionError:
+            if attempt == 2:
+                raise
     expect(head_radio).to_be_checked(timeout=WAIT)
     expect(notice).to_contain_text("head L1 H2", timeout=WAIT)
-    expect(page.locator("#attn-main")).to_contain_text("L1 H2 on", timeout=WAIT)
     expect(page.locator("#attn-main")).to_contain_text(re.compile(r"\d+ <"), timeout=WAIT)  # token labels: text
     expect(page.locator("#attn-strip")).to_contain_text("<", timeout=WAIT)
     click_plot(page)  # a click on the large head goes back to the grid
