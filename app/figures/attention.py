@@ -22,6 +22,9 @@ import plotly.graph_objects as go
 from plotly.colors import sample_colorscale
 from plotly.subplots import make_subplots
 
+from app.figures import apply_layout as _layout
+from app.figures import layout_dict as _layout_dict
+
 ATTN_SCALE = [[0.0, "#ffffff"], [0.04, "#eef2ff"], [0.15, "#c7d2fe"], [0.35, "#818cf8"],
               [0.6, "#4f46e5"], [0.85, "#3730a3"], [1.0, "#1e1b4b"]]
 MASK_COLOR = "#cbd5e1"     # masked (future) cells: grey, distinct from a zero weight (white)
@@ -33,23 +36,6 @@ DIFF_SCALE = "Reds"
 def safe(text: object) -> str:
     """A label for a plotly text field: shown literally, never read as a tag."""
     return html.escape(str(text), quote=False)
-
-
-def _layout_dict(title: str, height: int, **kw) -> dict:
-    """The layout every figure here shares, as a plain dict."""
-    return dict(title=dict(text=title, x=0.0, xanchor="left", font=dict(size=14)), height=height,
-                margin=dict(l=10, r=10, t=50, b=10), paper_bgcolor="rgba(0,0,0,0)", plot_bgcolor="rgba(0,0,0,0)",
-                template="none", font=dict(family="system-ui, sans-serif", size=12), **kw)
-
-
-def _layout(fig: go.Figure, title: str, height: int, **kw) -> go.Figure:
-    fig.update_layout(title=dict(text=title, x=0.0, xanchor="left", font=dict(size=14)), height=height,
-                      margin=dict(l=10, r=10, t=50, b=10), paper_bgcolor="rgba(0,0,0,0)",
-                      plot_bgcolor="rgba(0,0,0,0)", template="none", font=dict(family="system-ui, sans-serif", size=12),
-                      **kw)
-    fig.update_xaxes(automargin=True)
-    fig.update_yaxes(automargin=True)
-    return fig
 
 
 def pooled_note(factor: int) -> str:

@@ -17,6 +17,8 @@ from typing import Sequence
 
 import plotly.graph_objects as go
 
+from app.figures import apply_layout as _layout
+
 # probability buckets for token colouring (HighlightedText categories), most likely first
 BUCKETS = (("p ≥ 0.9", 0.9, "#16a34a"), ("0.5–0.9", 0.5, "#86efac"), ("0.2–0.5", 0.2, "#fde68a"),
            ("0.05–0.2", 0.05, "#fdba74"), ("p < 0.05", 0.0, "#f87171"))
@@ -44,16 +46,6 @@ def bucket(p: float) -> str:
 def token_spans(labels: Sequence[str], probs: Sequence[float]) -> list[tuple[str, str]]:
     """(token text, probability bucket) pairs for `gr.HighlightedText` (which shows text as data)."""
     return [(str(t), bucket(float(p))) for t, p in zip(labels, probs)]
-
-
-def _layout(fig: go.Figure, title: str, height: int, **kw) -> go.Figure:
-    fig.update_layout(title=dict(text=title, x=0.0, xanchor="left", font=dict(size=14)), height=height,
-                      margin=dict(l=10, r=10, t=50, b=10), paper_bgcolor="rgba(0,0,0,0)",
-                      plot_bgcolor="rgba(0,0,0,0)", template="none", font=dict(family="system-ui, sans-serif", size=12),
-                      **kw)
-    fig.update_xaxes(automargin=True)
-    fig.update_yaxes(automargin=True)
-    return fig
 
 
 def candidates_figure(labels: Sequence[str], stages: dict[str, Sequence[float]], kept: dict[str, int],
