@@ -173,6 +173,7 @@ def test_browser_type_open_a_head_and_go_back(page, app_url, tiny_bpe_ckpt):
         click_plot(page, "L1 H2")
         try:
             expect(page.locator("#attn-main")).to_contain_text("L1 H2 on", timeout=WAIT // 3)
+            expect(head_radio).to_be_checked(timeout=WAIT // 3)
             break
         except AssertionError:
             if attempt == 2:
