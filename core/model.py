@@ -29,57 +29,93 @@ from torch.utils.weak import WeakIdKeyDictionary
 from .config import GPTConfig
 
 # --------------------------------------------------------------------------------------
-# Decode fast path: transposed weight copies for one-token matmuls on CPU
+# Inference fast path: prepacked weights for CPU matmuls
 #
-# A decode step multiplies a handful of rows by every weight matrix, so it is bound by
-# reading the weights. On CPU, MKL streams a weight stored [in, out] (Hugging Face's Conv1D
-# layout, `addmm(bias, x, W)`) markedly faster than nn.Linear's [out, in] (`x @ W.T`):
-# measured single-threaded on GPT-2 124M, 12 layers' block matmuls 14 ms vs 18 ms and the
-# output head 6 ms vs 9 ms. The parameters keep nn.Linear's layout (names, state dicts,
-# training and checkpoints are untouched); `GPT.forward` with a KV cache, no grad, eval
-# mode, on CPU and without autocast uses a transposed contiguous copy of each weight for
-# matmuls of at most `DECODE_ROWS` rows. Same dtype, same math: only the summation order
-# inside the matmul can differ (logits agree to float rounding).
+# Inference on CPU is bound by the matmuls, and a decode step by reading the weights. PyTorch
+# runs `nn.Linear` through MKL's sgemm; oneDNN (also inside every PyTorch CPU build) runs the
+# same product on a weight it has reordered ("prepacked") once for the CPU's vector width.
+# Measured single-threaded on this project's 2-core AMD EPYC, GPT-2 124M's 48 block matrices
+# (see bench/generate.py and bench/forward.py): 1 row 18 ms → 9 ms (the memory-bandwidth
+# bound: a plain sum over the same bytes takes 8.4 ms), 16 rows 44 → 18 ms, 256 rows 414 →
+# 185 ms; the output head for one row 5.3 ms → 3.5 ms. PyTorch's compiler uses the same two
+# ops (`mkldnn._reorder_linear_weight`, `mkldnn._linear_pointwise`) when it freezes a model.
 #
-# Memory: the copies are built lazily, on the first such step, and kept while the
-# parameter lives: one extra copy of every Linear weight, the output head included (it is
-# the tied token embedding) — for GPT-2 124M about 124M floats, 0.5 GB. A copy is keyed on
-# the parameter's version counter, storage pointer, device, dtype and shape, so an
-# optimizer step, `load_state_dict`, `copy_` or `.to()` makes it stale and it is rebuilt on
-# next use (in-place writes through `.data` bypass the version counter: call
+# The parameters keep nn.Linear's layout (names, state dicts, training and checkpoints are
+# untouched). `GPT.forward`, `GPT.trace` and `GPT.unembed` with no grad, in eval mode, on
+# CPU, with float32 weights and without autocast use a prepacked copy of each Linear weight.
+# Same dtype, same math: only the summation order inside the matmul differs (logits agree to
+# float rounding). Where oneDNN is missing or fails its start-up check, a transposed
+# contiguous copy ([in, out], which MKL streams faster than [out, in]) is used for matmuls of
+# at most `DECODE_ROWS` rows instead.
+#
+# Memory: the copies are built lazily, on first use, and kept while the parameter lives: one
+# extra copy of every Linear weight, the output head included (it is the tied token
+# embedding) — for GPT-2 124M about 124M floats, 0.5 GB. A copy is keyed on the parameter's
+# version counter, storage pointer, device, dtype and shape, so an optimizer step,
+# `load_state_dict`, `copy_` or `.to()` makes it stale and it is rebuilt on next use
+# (in-place writes through `.data` bypass the version counter: call
 # `GPT.clear_decode_cache()` after those). `GPT.clear_decode_cache()` frees the copies;
 # setting `model.decode_weight_cache = False` switches the fast path off.
 
-DECODE_ROWS = 4  # at 1-2 rows [in, out] wins; at 4-8 it ties; at 16 nn.Linear's layout wins
-_TRANSPOSED: WeakIdKeyDictionary = WeakIdKeyDictionary()  # weight -> (key, weightᵀ contiguous)
+DECODE_ROWS = 4  # fallback only: at 1-2 rows [in, out] wins; at 4-8 it ties; at 16 nn.Linear's layout wins
+PACK_BATCH_HINT = 16  # oneDNN picks the packed layout for this many rows; 4..64 measured alike
+_PACKED: WeakIdKeyDictionary = WeakIdKeyDictionary()  # weight -> (key, kind, packed copy)
 
 
-def _transposed(w: torch.Tensor) -> torch.Tensor | None:
-    """A contiguous (in, out) copy of the (out, in) weight `w`, cached; None if `w` is an
-    inference tensor (it has no version counter, so a change could not be detected)."""
+def _onednn_ok() -> bool:
+    """oneDNN's prepacked linear is present and gives nn.Linear's numbers on a small probe."""
+    try:
+        if not torch.backends.mkldnn.is_available():
+            return False
+        g = torch.Generator().manual_seed(0)
+        w, b, x = torch.randn(24, 40, generator=g), torch.randn(24, generator=g), torch.randn(3, 40, generator=g)
+        y = torch.ops.mkldnn._linear_pointwise(x, torch.ops.mkldnn._reorder_linear_weight(w, PACK_BATCH_HINT),
+                                               b, "none", [], "")
+        return bool(torch.allclose(y, F.linear(x, w, b), atol=1e-4, rtol=1e-4))
+    except Exception:  # an op missing in this build, or it failed: the fallback is exact too
+        return False
+
+
+_ONEDNN: bool | None = None  # probed on first use
+
+
+def _packed(w: torch.Tensor) -> tuple[str, torch.Tensor] | None:
+    """A cached fast copy of the (out, in) weight `w`: ("onednn", prepacked) or ("t", the
+    contiguous (in, out) transpose); None if `w` is an inference tensor (it has no version
+    counter, so a change could not be detected)."""
+    global _ONEDNN
     try:
         key = (w._version, w.data_ptr(), w.device, w.dtype, tuple(w.shape))
     except RuntimeError:
         return None
-    hit = _TRANSPOSED.get(w)
+    hit = _PACKED.get(w)
     if hit is not None and hit[0] == key:
-        return hit[1]
-    _TRANSPOSED.pop(w, None)  # free the stale copy before building the new one
+        return hit[1], hit[2]
+    _PACKED.pop(w, None)  # free the stale copy before building the new one
+    if _ONEDNN is None:
+        _ONEDNN = _onednn_ok()
     with torch.inference_mode(False), torch.no_grad():  # a normal tensor, usable outside inference mode
-        wt = w.detach().t().contiguous()
-    _TRANSPOSED[w] = (key, wt)
-    return wt
+        if _ONEDNN:
+            kind, copy = "onednn", torch.ops.mkldnn._reorder_linear_weight(w.detach().contiguous(), PACK_BATCH_HINT)
+        else:
+            kind, copy = "t", w.detach().t().contiguous()
+    _PACKED[w] = (key, kind, copy)
+    return kind, copy
 
 
 def _linear(mod: nn.Linear, x: torch.Tensor, fast: bool) -> torch.Tensor:
-    """`mod(x)`, through the transposed copy when `fast` and x has at most DECODE_ROWS rows."""
-    if (fast and x.numel() <= DECODE_ROWS * x.size(-1)
-            and not (mod._forward_hooks or mod._forward_pre_hooks)):
-        wt = _transposed(mod.weight)
-        if wt is not None:
+    """`mod(x)`, through the weight's prepacked copy when `fast` (see above)."""
+    if fast and x.numel() and x.dtype == torch.float32 and not (mod._forward_hooks or mod._forward_pre_hooks):
+        hit = _packed(mod.weight)
+        if hit is not None:
+            kind, wp = hit
             x2 = x.reshape(-1, x.size(-1))
-            y = torch.mm(x2, wt) if mod.bias is None else torch.addmm(mod.bias, x2, wt)
-            return y.view(*x.shape[:-1], wt.size(1))
+            if kind == "onednn":
+                y = torch.ops.mkldnn._linear_pointwise(x2, wp, mod.bias, "none", [], "")
+                return y.view(*x.shape[:-1], mod.out_features)
+            if x2.size(0) <= DECODE_ROWS:
+                y = torch.mm(x2, wp) if mod.bias is None else torch.addmm(mod.bias, x2, wp)
+                return y.view(*x.shape[:-1], mod.out_features)
     return mod(x)
 
 
@@ -281,7 +317,7 @@ def _keep_filter(keep) -> Callable[[str], bool]:
 
 
 class GPT(nn.Module):
-    decode_weight_cache: bool = True  # the decode fast path (see "Decode fast path" above)
+    decode_weight_cache: bool = True  # the inference fast path (see its section above)
 
     def __init__(self, config: GPTConfig):
         super().__init__()
@@ -338,9 +374,15 @@ class GPT(nn.Module):
         return tok_emb + pos_emb
 
     def clear_decode_cache(self) -> None:
-        """Free the decode fast path's transposed weight copies (rebuilt on the next decode)."""
+        """Free the inference fast path's weight copies (rebuilt on next use)."""
         for p in self.parameters():
-            _TRANSPOSED.pop(p, None)
+            _PACKED.pop(p, None)
+
+    def _fast(self, idx: torch.Tensor) -> bool:
+        """Whether this forward may use the inference fast path (see its section above)."""
+        return (self.decode_weight_cache and not self.training and idx.device.type == "cpu"
+                and not torch.is_grad_enabled() and not torch.is_autocast_enabled("cpu")
+                and self.lm_head.weight.dtype == torch.float32)
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None,
                 kv_cache: KVCache | None = None, head_mask: torch.Tensor | None = None,
@@ -354,10 +396,7 @@ class GPT(nn.Module):
             raise ValueError("last_only=True gives no logits for the loss: pass targets or last_only, not both")
         past = kv_cache.pos if kv_cache is not None else 0
         self._check_idx(idx, past)
-        # decode fast path: inference with a KV cache on CPU (see "Decode fast path" above)
-        fast = (kv_cache is not None and self.decode_weight_cache and not self.training
-                and idx.device.type == "cpu" and not torch.is_grad_enabled()
-                and not torch.is_autocast_enabled("cpu"))
+        fast = self._fast(idx)  # the inference fast path (see its section above)
         x = self.transformer.drop(self._embed(idx, past))  # (B, T, C)
         for i, block in enumerate(self.transformer.h):
             hm = head_mask[i] if head_mask is not None else None
@@ -384,6 +423,7 @@ class GPT(nn.Module):
         """
         self._check_idx(idx, 0)
         want = _keep_filter(keep)
+        fast = self._fast(idx)
         out = Trace(n_layer=self.config.n_layer)
         x = self._embed(idx, 0)  # (B, T, C); dropout is skipped for inspection
         if want("embed"):
@@ -394,7 +434,7 @@ class GPT(nn.Module):
             rec_names = [n for n in ("q", "k", "v", "z") if want(pre + "attn." + n)]
             record = {} if (rec_names or want(pre + "resid_mid")) else None
             hm = head_mask[i] if head_mask is not None else None
-            x, att = block(x, None, i, need, hm, record)
+            x, att = block(x, None, i, need, hm, record, fast)
             if need:
                 out.tensors[pre + "attn.pattern"] = att
             for n in rec_names:
@@ -406,14 +446,14 @@ class GPT(nn.Module):
         x = self.transformer.ln_f(x)
         if want("ln_f"):
             out.tensors["ln_f"] = x
-        logits = self.lm_head(x)
+        logits = _linear(self.lm_head, x, fast)
         if want("logits"):
             out.tensors["logits"] = logits
         return out
 
     def unembed(self, resid: torch.Tensor) -> torch.Tensor:
         """Logit lens: final layer norm then output head on any residual stream (…, C) → (…, V)."""
-        return self.lm_head(self.transformer.ln_f(resid))
+        return _linear(self.lm_head, self.transformer.ln_f(resid), self._fast(resid))
 
     def describe_modules(self) -> list[dict]:
         """One row per parameter group: name, shape, parameter count, what it does."""

@@ -323,6 +323,7 @@ class Trainer:
                 total += float(loss)
             out[name] = total / len(batches)
         m.train(was_training)
+        m.clear_decode_cache()  # the weights change next step: don't keep a packed copy alive
         return out
 
     def sample(self) -> str:
@@ -336,7 +337,7 @@ class Trainer:
             new = generate(m, ids[-self.mcfg.block_size:], self.cfg.sample_tokens, temperature=0.8, top_k=50,
                            seed=self.cfg.seed, eot_id=self.tokenizer.eot_id)
         m.train(was_training)
-        m.clear_decode_cache()  # the weights change next step: don't keep a transposed copy alive
+        m.clear_decode_cache()  # the weights change next step: don't keep a packed copy alive
         return self.cfg.sample_prompt + self.tokenizer.decode(new)
 
     def _meta(self, **extra) -> dict:

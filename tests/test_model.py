@@ -108,8 +108,8 @@ def _decode_logits(model, idx, chunks, **kw):
 
 
 def test_decode_fast_path_equals_plain_path(model):
-    """The transposed-weight decode path (no grad, KV cache, ≤ DECODE_ROWS rows) gives the same
-    logits as nn.Linear's, and is only taken there."""
+    """The inference fast path (no grad, eval, CPU, float32: prepacked oneDNN weights, or the
+    transposed fallback) gives the same logits as nn.Linear's, and is only taken there."""
     from core import model as M
 
     model.clear_decode_cache()
@@ -118,7 +118,7 @@ def test_decode_fast_path_equals_plain_path(model):
     full, _ = model(idx)
     with torch.no_grad():
         fast = _decode_logits(model, idx, chunks)
-        assert any(p in M._TRANSPOSED for p in model.parameters())  # the copies were built
+        assert any(p in M._PACKED for p in model.parameters())  # the copies were built
         model.decode_weight_cache = False
         try:
             plain = _decode_logits(model, idx, chunks)
@@ -126,11 +126,20 @@ def test_decode_fast_path_equals_plain_path(model):
             del model.decode_weight_cache  # back to the class default
     assert torch.allclose(fast, plain, atol=1e-5)
     assert torch.allclose(fast, full, atol=1e-5)
+    if M._onednn_ok():  # every CPU build of torch this project pins has oneDNN
+        assert {M._PACKED[p][1] for p in model.parameters() if p in M._PACKED} == {"onednn"}
+    with torch.no_grad():  # the same copies serve a forward without a cache, the trace and the lens
+        assert torch.allclose(model(idx)[0], full, atol=1e-5)
+        tr = model.trace(idx, keep=("logits", "blocks.0.resid_post"))
+        assert torch.allclose(tr.logits, full, atol=1e-5)
+        with torch.enable_grad():
+            lens_ref = model.unembed(tr["blocks.0.resid_post"])
+        assert torch.allclose(model.unembed(tr["blocks.0.resid_post"]), lens_ref, atol=1e-5)
     # with grad on, or in training mode, the copies are neither built nor used
     model.clear_decode_cache()
-    assert not any(p in M._TRANSPOSED for p in model.parameters())
+    assert not any(p in M._PACKED for p in model.parameters())
     _decode_logits(model, idx, chunks)
-    assert not any(p in M._TRANSPOSED for p in model.parameters())
+    assert not any(p in M._PACKED for p in model.parameters())
 
 
 def test_decode_fast_path_sees_weight_changes(model):
@@ -144,12 +153,15 @@ def test_decode_fast_path_sees_weight_changes(model):
         _decode_logits(m, idx, [4] + [1] * 8)  # builds the copies
         m.transformer.h[1].mlp.c_fc.weight.mul_(3.0)
         m.transformer.wte.weight.add_(0.1)  # the tied output head
-        full, _ = m(idx)
+        with torch.enable_grad():  # grad on: the plain nn.Linear path, the reference
+            full, _ = m(idx)
         fast = _decode_logits(m, idx, [4] + [1] * 8)
         assert torch.allclose(fast, full, atol=1e-5)
+        assert torch.allclose(m(idx)[0], full, atol=1e-5)  # the fast path without a cache too
         m.load_state_dict(model.state_dict())
         fast = _decode_logits(m, idx, [4] + [1] * 8)
-        assert torch.allclose(fast, model(idx)[0], atol=1e-5)
+        with torch.enable_grad():
+            assert torch.allclose(fast, model(idx)[0], atol=1e-5)
 
 
 def test_decode_fast_path_with_inference_tensors():
@@ -163,7 +175,7 @@ def test_decode_fast_path_with_inference_tensors():
         full, _ = m(idx)
         fast = _decode_logits(m, idx, [3] + [1] * 7)
     assert torch.allclose(fast, full, atol=1e-5)
-    assert not any(p in M._TRANSPOSED for p in m.parameters())
+    assert not any(p in M._PACKED for p in m.parameters())
 
 
 def test_last_only_logits(model):
@@ -178,3 +190,21 @@ def test_last_only_logits(model):
     assert torch.allclose(a[:, 0], full[:, 14], atol=1e-5) and torch.allclose(b[:, 0], full[:, -1], atol=1e-5)
     with pytest.raises(ValueError, match="last_only"):
         model(idx, idx, last_only=True)
+
+
+def test_fast_path_fallback_without_onednn(model, monkeypatch):
+    """Where oneDNN is missing the fast path falls back to transposed copies for few-row
+    matmuls and nn.Linear for the rest; the logits are the same."""
+    from core import model as M
+
+    monkeypatch.setattr(M, "_ONEDNN", False)
+    model.clear_decode_cache()
+    idx = torch.randint(0, 50, (1, 16))
+    full, _ = model(idx)
+    try:
+        with torch.no_grad():
+            fast = _decode_logits(model, idx, [8] + [1] * 8)
+            assert {M._PACKED[p][1] for p in model.parameters() if p in M._PACKED} == {"t"}
+        assert torch.allclose(fast, full, atol=1e-5)
+    finally:
+        model.clear_decode_cache()  # don't leave transposed copies for the next test
