@@ -101,8 +101,11 @@ def _clean(text: str, limit: int = 60) -> str:
 
 
 def _model_bytes(ck: Checkpoint) -> int:
-    # parameters() yields the tied embedding/head weight once
-    return sum(t.numel() * t.element_size() for t in ck.model.parameters())
+    """What a resident model costs: its parameters (the tied embedding/head weight once) and,
+    on CPU, the inference fast path's prepacked copy of them (core.model), built on first use."""
+    params = sum(t.numel() * t.element_size() for t in ck.model.parameters())
+    fast_copy = ck.model.decode_weight_cache and next(ck.model.parameters()).device.type == "cpu"
+    return params * (2 if fast_copy else 1)
 
 
 def default_resident_bytes() -> int:
