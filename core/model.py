@@ -18,13 +18,13 @@ from __future__ import annotations
 
 import fnmatch
 import math
+import weakref
 from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torch.utils.weak import WeakIdKeyDictionary
 
 from .config import GPTConfig
 
@@ -42,24 +42,35 @@ from .config import GPTConfig
 #
 # The parameters keep nn.Linear's layout (names, state dicts, training and checkpoints are
 # untouched). `GPT.forward`, `GPT.trace` and `GPT.unembed` with no grad, in eval mode, on
-# CPU, with float32 weights and without autocast use a prepacked copy of each Linear weight.
+# CPU, with float32 weights and without autocast use fast copies of the Linear weights.
 # Same dtype, same math: only the summation order inside the matmul differs (logits agree to
-# float rounding). Where oneDNN is missing or fails its start-up check, a transposed
-# contiguous copy ([in, out], which MKL streams faster than [out, in]) is used for matmuls of
-# at most `DECODE_ROWS` rows instead.
+# float rounding).
 #
-# Memory: the copies are built lazily, on first use, and kept while the parameter lives: one
-# extra copy of every Linear weight, the output head included (it is the tied token
-# embedding) — for GPT-2 124M about 124M floats, 0.5 GB. A copy is keyed on the parameter's
-# version counter, storage pointer, device, dtype and shape, so an optimizer step,
+# oneDNN costs about 12 µs a call whatever the size, so small products stay off it: it is
+# used where a weight's size times its rows (up to 8) reaches `ONEDNN_MIN_WORK` (chosen on
+# whole decodes: the demo model 0.48 ms/token vs 0.70 with oneDNN everywhere; a 6-layer
+# 384-wide one 2.4 vs 2.8 ms at a 1M threshold; GPT-2 124M the same at any). Below that, matmuls of
+# at most `DECODE_ROWS` rows use a transposed contiguous copy ([in, out], which MKL streams
+# faster than [out, in]) and larger ones nn.Linear itself. Where oneDNN is missing or fails
+# its start-up check, the transposed copies serve every few-row product.
+#
+# Memory: the copies are built lazily, on first use, and kept while the parameter lives:
+# about one extra copy of every Linear weight, the output head included (it is the tied
+# token embedding) — for GPT-2 124M about 124M floats, 0.5 GB (a weight small enough to be
+# used both ways keeps both; such weights are small). A copy is keyed on the parameter's
+# version counter, storage pointer, dtype and shape, so an optimizer step,
 # `load_state_dict`, `copy_` or `.to()` makes it stale and it is rebuilt on next use
 # (in-place writes through `.data` bypass the version counter: call
 # `GPT.clear_decode_cache()` after those). `GPT.clear_decode_cache()` frees the copies;
 # setting `model.decode_weight_cache = False` switches the fast path off.
 
-DECODE_ROWS = 4  # fallback only: at 1-2 rows [in, out] wins; at 4-8 it ties; at 16 nn.Linear's layout wins
+DECODE_ROWS = 4  # transposed copies: at 1-2 rows [in, out] wins; at 4-8 it ties; at 16 nn.Linear's layout wins
 PACK_BATCH_HINT = 16  # oneDNN picks the packed layout for this many rows; 4..64 measured alike
-_PACKED: WeakIdKeyDictionary = WeakIdKeyDictionary()  # weight -> (key, kind, packed copy)
+ONEDNN_MIN_WORK = 400_000  # weight elements × min(rows, 8) from which oneDNN beats MKL
+# id(weight) -> (weakref to it, key, {"onednn" | "t": copy}); a plain dict keyed by id with a
+# weakref that removes the entry is a few times cheaper per lookup than WeakIdKeyDictionary,
+# and this runs for every matmul of a decode step.
+_FAST: dict[int, tuple] = {}
 
 
 def _onednn_ok() -> bool:
@@ -79,42 +90,68 @@ def _onednn_ok() -> bool:
 _ONEDNN: bool | None = None  # probed on first use
 
 
-def _packed(w: torch.Tensor) -> tuple[str, torch.Tensor] | None:
-    """A cached fast copy of the (out, in) weight `w`: ("onednn", prepacked) or ("t", the
-    contiguous (in, out) transpose); None if `w` is an inference tensor (it has no version
-    counter, so a change could not be detected)."""
-    global _ONEDNN
+def _drop_entry(wid: int):
+    def drop(ref) -> None:
+        entry = _FAST.get(wid)
+        if entry is not None and entry[0] is ref:
+            del _FAST[wid]
+    return drop
+
+
+def _fast_copy(w: torch.Tensor, kind: str) -> torch.Tensor | None:
+    """The cached "onednn" (prepacked) or "t" (contiguous (in, out) transpose) copy of the
+    (out, in) weight `w`; None if `w` is an inference tensor (it has no version counter, so
+    a change could not be detected)."""
     try:
-        key = (w._version, w.data_ptr(), w.device, w.dtype, tuple(w.shape))
+        key = (w._version, w.data_ptr(), w.dtype, w.shape)
     except RuntimeError:
         return None
-    hit = _PACKED.get(w)
-    if hit is not None and hit[0] == key:
-        return hit[1], hit[2]
-    _PACKED.pop(w, None)  # free the stale copy before building the new one
-    if _ONEDNN is None:
-        _ONEDNN = _onednn_ok()
-    with torch.inference_mode(False), torch.no_grad():  # a normal tensor, usable outside inference mode
-        if _ONEDNN:
-            kind, copy = "onednn", torch.ops.mkldnn._reorder_linear_weight(w.detach().contiguous(), PACK_BATCH_HINT)
-        else:
-            kind, copy = "t", w.detach().t().contiguous()
-    _PACKED[w] = (key, kind, copy)
-    return kind, copy
+    wid = id(w)
+    entry = _FAST.get(wid)
+    if entry is None or entry[0]() is not w or entry[1] != key:
+        _FAST.pop(wid, None)  # free stale copies before building new ones
+        entry = (weakref.ref(w, _drop_entry(wid)), key, {})
+        _FAST[wid] = entry
+    copies = entry[2]
+    copy = copies.get(kind)
+    if copy is None:
+        with torch.inference_mode(False), torch.no_grad():  # normal tensors, usable outside inference mode
+            if kind == "onednn":
+                copy = torch.ops.mkldnn._reorder_linear_weight(w.detach().contiguous(), PACK_BATCH_HINT)
+            else:
+                copy = w.detach().t().contiguous()
+        copies[kind] = copy
+    return copy
+
+
+def _has_fast_copy(w: torch.Tensor) -> bool:
+    entry = _FAST.get(id(w))
+    return entry is not None and entry[0]() is w and bool(entry[2])
+
+
+def _fast_kinds(w: torch.Tensor) -> set[str]:
+    entry = _FAST.get(id(w))
+    return set(entry[2]) if entry is not None and entry[0]() is w else set()
 
 
 def _linear(mod: nn.Linear, x: torch.Tensor, fast: bool) -> torch.Tensor:
-    """`mod(x)`, through the weight's prepacked copy when `fast` (see above)."""
+    """`mod(x)`, through a fast copy of the weight when `fast` (see above)."""
+    global _ONEDNN
     if fast and x.numel() and x.dtype == torch.float32 and not (mod._forward_hooks or mod._forward_pre_hooks):
-        hit = _packed(mod.weight)
-        if hit is not None:
-            kind, wp = hit
-            x2 = x.reshape(-1, x.size(-1))
-            if kind == "onednn":
+        w = mod.weight
+        x2 = x.reshape(-1, x.size(-1))
+        rows = x2.size(0)
+        if _ONEDNN is None:
+            _ONEDNN = _onednn_ok()
+        if _ONEDNN and w.numel() * min(rows, 8) >= ONEDNN_MIN_WORK:
+            wp = _fast_copy(w, "onednn")
+            if wp is not None:
                 y = torch.ops.mkldnn._linear_pointwise(x2, wp, mod.bias, "none", [], "")
                 return y.view(*x.shape[:-1], mod.out_features)
-            if x2.size(0) <= DECODE_ROWS:
-                y = torch.mm(x2, wp) if mod.bias is None else torch.addmm(mod.bias, x2, wp)
+        elif rows <= DECODE_ROWS:
+            wt = _fast_copy(w, "t")
+            if wt is not None:
+                y = torch.mm(x2, wt) if mod.bias is None else torch.addmm(mod.bias, x2, wt)
                 return y.view(*x.shape[:-1], mod.out_features)
     return mod(x)
 
@@ -376,7 +413,7 @@ class GPT(nn.Module):
     def clear_decode_cache(self) -> None:
         """Free the inference fast path's weight copies (rebuilt on next use)."""
         for p in self.parameters():
-            _PACKED.pop(p, None)
+            _FAST.pop(id(p), None)
 
     def _fast(self, idx: torch.Tensor) -> bool:
         """Whether this forward may use the inference fast path (see its section above)."""

@@ -107,18 +107,22 @@ def _decode_logits(model, idx, chunks, **kw):
     return torch.cat(outs, 1)
 
 
-def test_decode_fast_path_equals_plain_path(model):
-    """The inference fast path (no grad, eval, CPU, float32: prepacked oneDNN weights, or the
-    transposed fallback) gives the same logits as nn.Linear's, and is only taken there."""
+@pytest.mark.parametrize("min_work", [0, None], ids=["onednn", "by-size"])
+def test_decode_fast_path_equals_plain_path(model, monkeypatch, min_work):
+    """The inference fast path (no grad, eval, CPU, float32: prepacked oneDNN weights for big
+    products — forced here for every product with min_work 0 — and transposed copies for
+    small few-row ones) gives the same logits as nn.Linear's, and is only taken there."""
     from core import model as M
 
+    if min_work is not None:
+        monkeypatch.setattr(M, "ONEDNN_MIN_WORK", min_work)
     model.clear_decode_cache()
     idx = torch.randint(0, 50, (2, 24))
     chunks = [8] + [1] * 16
     full, _ = model(idx)
     with torch.no_grad():
         fast = _decode_logits(model, idx, chunks)
-        assert any(p in M._PACKED for p in model.parameters())  # the copies were built
+        assert any(M._has_fast_copy(p) for p in model.parameters())  # the copies were built
         model.decode_weight_cache = False
         try:
             plain = _decode_logits(model, idx, chunks)
@@ -126,8 +130,11 @@ def test_decode_fast_path_equals_plain_path(model):
             del model.decode_weight_cache  # back to the class default
     assert torch.allclose(fast, plain, atol=1e-5)
     assert torch.allclose(fast, full, atol=1e-5)
-    if M._onednn_ok():  # every CPU build of torch this project pins has oneDNN
-        assert {M._PACKED[p][1] for p in model.parameters() if p in M._PACKED} == {"onednn"}
+    kinds = set().union(*(M._fast_kinds(p) for p in model.parameters()))
+    if min_work == 0 and M._onednn_ok():  # every CPU build of torch this project pins has oneDNN
+        assert kinds == {"onednn"}
+    elif min_work is None:  # this model's weights are all small: transposed copies only
+        assert kinds == {"t"}
     with torch.no_grad():  # the same copies serve a forward without a cache, the trace and the lens
         assert torch.allclose(model(idx)[0], full, atol=1e-5)
         tr = model.trace(idx, keep=("logits", "blocks.0.resid_post"))
@@ -137,16 +144,21 @@ def test_decode_fast_path_equals_plain_path(model):
         assert torch.allclose(model.unembed(tr["blocks.0.resid_post"]), lens_ref, atol=1e-5)
     # with grad on, or in training mode, the copies are neither built nor used
     model.clear_decode_cache()
-    assert not any(p in M._PACKED for p in model.parameters())
+    assert not any(M._has_fast_copy(p) for p in model.parameters())
     _decode_logits(model, idx, chunks)
-    assert not any(p in M._PACKED for p in model.parameters())
+    assert not any(M._has_fast_copy(p) for p in model.parameters())
 
 
-def test_decode_fast_path_sees_weight_changes(model):
+@pytest.mark.parametrize("min_work", [0, None], ids=["onednn", "by-size"])
+def test_decode_fast_path_sees_weight_changes(model, monkeypatch, min_work):
     """An in-place change to a weight (optimizer step, load_state_dict) makes the transposed
     copy stale: the next decode uses the new weights."""
     import copy
 
+    from core import model as M
+
+    if min_work is not None:
+        monkeypatch.setattr(M, "ONEDNN_MIN_WORK", min_work)
     m = copy.deepcopy(model)
     idx = torch.randint(0, 50, (1, 12))
     with torch.no_grad():
@@ -175,7 +187,7 @@ def test_decode_fast_path_with_inference_tensors():
         full, _ = m(idx)
         fast = _decode_logits(m, idx, [3] + [1] * 7)
     assert torch.allclose(fast, full, atol=1e-5)
-    assert not any(p in M._PACKED for p in m.parameters())
+    assert not any(M._has_fast_copy(p) for p in m.parameters())
 
 
 def test_last_only_logits(model):
@@ -204,7 +216,23 @@ def test_fast_path_fallback_without_onednn(model, monkeypatch):
     try:
         with torch.no_grad():
             fast = _decode_logits(model, idx, [8] + [1] * 8)
-            assert {M._PACKED[p][1] for p in model.parameters() if p in M._PACKED} == {"t"}
+            assert set().union(*(M._fast_kinds(p) for p in model.parameters())) == {"t"}
         assert torch.allclose(fast, full, atol=1e-5)
     finally:
         model.clear_decode_cache()  # don't leave transposed copies for the next test
+
+
+def test_fast_copies_go_with_their_weights():
+    """The copies live as long as the weight: dropping a model frees them."""
+    import gc
+
+    from core import model as M
+
+    m = GPT(GPTConfig(vocab_size=50, block_size=16, n_layer=1, n_head=2, n_embd=16)).eval()
+    with torch.no_grad():
+        m(torch.randint(0, 50, (1, 4)), kv_cache=m.new_kv_cache(1))
+    ids = [id(p) for p in m.parameters() if M._has_fast_copy(p)]
+    assert ids
+    del m
+    gc.collect()
+    assert not any(i in M._FAST for i in ids)
