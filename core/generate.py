@@ -182,37 +182,38 @@ def entropy_bits(logits: torch.Tensor) -> float:
 
 
 def _trace_step(index: int, raw: torch.Tensor, penalised: torch.Tensor | None, s: Sampling, nxt: int,
-                top: int) -> Step:
+                top: int, filtered: list[tuple[str, torch.Tensor]] | None = None) -> Step:
     """Build the `Step` for one (V,) row of raw logits (and the penalised ones, if the
-    repetition penalty is on) and the token chosen from it."""
-    logp = F.log_softmax(raw.float(), dim=-1)
-    stages = [("model", raw.float())]
+    repetition penalty is on) and the token chosen from it. `filtered`: the (V,) logits after
+    each filter (`filter_stages`), if the caller already has them."""
+    rawf = raw.float()
+    logp = F.log_softmax(rawf, dim=-1)
+    stages = [("model", rawf)]
+    base = rawf
     if penalised is not None:
-        stages.append(("penalty", penalised.float()))
-    else:
-        penalised = raw
+        base = penalised.float()
+        stages.append(("penalty", base))
     if s.is_greedy:
-        final = penalised.float()
-        keep = torch.full_like(final, float("-inf"))
-        keep[int(final.argmax())] = 0.0
+        keep = torch.full_like(base, float("-inf"))
+        keep[int(base.argmax())] = 0.0
         stages.append(("argmax", keep))
     else:
-        stages += filter_stages(penalised, s)
-    order_by = penalised.float()
-    cand = torch.topk(order_by, min(top, order_by.numel())).indices.tolist()
+        stages += filter_stages(base, s) if filtered is None else filtered
+    cand = torch.topk(base, min(top, base.numel())).indices.tolist()
     if nxt not in cand:
         cand.append(nxt)
-    idx = torch.tensor(cand)
-    probs, kept = {}, {}
-    for name, lg in stages:
-        p = F.softmax(lg, dim=-1)
-        probs[name] = [round(float(x), 6) for x in p[idx]]
-        kept[name] = int(torch.isfinite(lg).sum())
-    final_p = F.softmax(stages[-1][1], dim=-1)[nxt]
+    every = torch.stack([lg for _, lg in stages])  # (stages, V): one softmax for all of them
+    probs = F.softmax(every, dim=-1)
+    at_cand = probs[:, torch.tensor(cand)].tolist()
+    kept = torch.isfinite(every).sum(dim=-1).tolist()
+    lp = logp[nxt]
+    h = -(logp.exp() * logp).nan_to_num(0.0).sum()  # nats; 0·log 0 counts as 0
     return Step(
-        index=index, token=nxt, prob=float(logp[nxt].exp()), logprob=float(logp[nxt]),
-        rank=int((logp > logp[nxt]).sum()) + 1, sampled_prob=float(final_p),
-        entropy=entropy_bits(raw), candidates=cand, stages=probs, kept=kept,
+        index=index, token=nxt, prob=float(lp.exp()), logprob=float(lp),
+        rank=int((logp > lp).sum()) + 1, sampled_prob=float(probs[-1, nxt]),
+        entropy=float(h.clamp_min(0.0)) / LN2, candidates=cand,
+        stages={name: [round(x, 6) for x in row] for (name, _), row in zip(stages, at_cand)},
+        kept={name: int(k) for (name, _), k in zip(stages, kept)},
     )
 
 
@@ -266,9 +267,16 @@ def _loop(model: GPT, ids: list[int], max_new_tokens: int, s: Sampling, seed: in
             logits, _ = model(torch.tensor([ctx[-block:]], device=device))
         raw = logits[:, -1, :]  # (1, V)
         penalised = raw if seen is None else apply_repetition_penalty(raw, seen, s.repetition_penalty)
-        nxt = int(pick(penalised, s, gen)[0])
+        filtered = None
+        if top and not s.is_greedy:  # filter once, for the pick and the trace (as `pick` does)
+            filtered = filter_stages(penalised, s)
+            final = filtered[-1][1] if filtered else penalised.float()
+            nxt = int(torch.multinomial(F.softmax(final, dim=-1), 1, generator=gen)[0, 0])
+        else:
+            nxt = int(pick(penalised, s, gen)[0])
         if top:
-            step = _trace_step(i, raw[0], None if seen is None else penalised[0], s, nxt, top)
+            step = _trace_step(i, raw[0], None if seen is None else penalised[0], s, nxt, top,
+                               None if filtered is None else [(name, lg[0]) for name, lg in filtered])
             step.dt = clock() - t0
             elapsed += step.dt
             step.t = elapsed
