@@ -1,6 +1,7 @@
 """app.figures.attention: what the figures hold (read from fig.data / fig.layout), that user
 text stays text, and the payload budgets at GPT-2 size (12 layers × 12 heads, 1024 tokens)."""
 
+import base64
 import json
 
 import numpy as np
@@ -105,3 +106,42 @@ def test_payload_budgets_at_gpt2_size():
     assert ff == 3 and "pooled" in head.layout.title.text and head.data[0].x[0] == "0–2"
     # payload_bytes is what Gradio sends: the figure's JSON, itself sent as a JSON string
     assert F.payload_bytes(head) == len(json.dumps(head.to_json()).encode())
+
+
+def test_unvalidated_figures_carry_what_validation_used_to_add():
+    """The builders skip plotly's validation: titles must be {"text": ...}, named colour scales
+    plotly.py's own stops (plotly.js has other scales under those names), every axis must make
+    room for its labels, NaN (masked) cells must reach the browser as null."""
+    from app.figures import colorscale, figure
+
+    fig = figure([dict(type="bar", x=[1], y=[2], xaxis="x2", yaxis="y2")], "t", 300,
+                 xaxis=dict(domain=[0, 0.4]), xaxis2=dict(domain=[0.6, 1], anchor="y2"), yaxis2=dict(anchor="x2"))
+    lay = json.loads(fig.to_json())["layout"]
+    assert all(lay[a]["automargin"] is True for a in ("xaxis", "yaxis", "xaxis2", "yaxis2"))
+    assert lay["xaxis"]["domain"] == [0, 0.4] and lay["xaxis2"]["anchor"] == "y2" and lay["title"]["text"] == "t"
+    greens = colorscale("Greens")
+    assert greens[0] == [0.0, "rgb(247,252,245)"] and greens[-1] == [1.0, "rgb(0,68,27)"]  # light → dark
+    assert colorscale(F.ATTN_SCALE) is F.ATTN_SCALE
+
+    labels = ["a", "<b>", "c"]
+    p = np.where(np.triu(np.ones((3, 3), bool), 1), np.nan, causal(3).numpy())
+    side = json.loads(F.side_by_side(p, p, labels, 1, "x<i>", "y", "both").to_json())
+    assert side["layout"]["xaxis2"]["domain"] == [0.54, 1.0] and side["layout"]["xaxis2"]["automargin"]
+    assert [t["xaxis"] for t in side["data"]] == ["x", "x2"]
+    assert side["data"][1]["colorbar"]["title"]["text"] == "weight"
+    assert side["layout"]["annotations"][0]["text"] == "x&lt;i&gt;"
+    head = F.focused_head(p, labels, 1, "L0 H0")
+    z = json.loads(head.to_json())["data"][0]["z"]  # a typed array on the wire; NaN stays NaN (a gap)
+    cells = np.frombuffer(base64.b64decode(z["bdata"]), dtype=np.float32).reshape(3, 3)
+    assert z["dtype"] == "f4" and np.isnan(cells[0, 1]) and cells[1, 0] == np.float32(p[1, 0])
+    assert head.layout.xaxis.title.text == "key (attended to)" and head.layout.yaxis.automargin is True
+
+    model = make_model(40, n_layer=2, n_head=2)
+    an = A.analyse(model, [1, 5, 7, 1, 5], 0, 1, 3, induction=False)
+    eq = json.loads(F.equation_figure(an.equation, labels + ["d", "e"]).to_json())["layout"]
+    assert eq["xaxis"]["matches"] == "x2" and eq["yaxis"]["domain"] == [0.56, 1.0]
+    assert eq["yaxis2"]["domain"] == [0.0, 0.44]
+    lens = json.loads(F.logit_lens(an.lens, labels + ["d", "e"], str).to_json())["data"][0]
+    assert lens["colorscale"] == greens and lens["colorbar"]["title"]["text"] == "p(top)"
+    js = json.loads(F.divergence_grid(np.full((2, 2), 0.5), "a", "b").to_json())["data"][0]
+    assert js["colorscale"][-1] == [1.0, "rgb(103,0,13)"]

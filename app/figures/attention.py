@@ -20,9 +20,9 @@ from typing import Sequence
 import numpy as np
 import plotly.graph_objects as go
 from plotly.colors import sample_colorscale
-from plotly.subplots import make_subplots
 
-from app.figures import apply_layout as _layout
+from app.figures import colorscale as _scale
+from app.figures import figure as _figure
 from app.figures import layout_dict as _layout_dict
 
 ATTN_SCALE = [[0.0, "#ffffff"], [0.04, "#eef2ff"], [0.15, "#c7d2fe"], [0.35, "#818cf8"],
@@ -119,50 +119,54 @@ def attention_grid(thumbs: np.ndarray, factor: int, T: int, stat: np.ndarray | N
 
 
 def attention_heatmap(pattern: np.ndarray, labels: Sequence[str], factor: int, title: str,
-                      colorscale=ATTN_SCALE) -> go.Figure:
+                      colorscale=ATTN_SCALE, meta: dict | None = None) -> go.Figure:
     """A (N, N) pattern with token labels on both axes (ranges when pooled), the exact weight
     on hover (the cell's max when pooled), NaN cells (future keys) drawn grey."""
     ticks = axis_labels(labels, factor)
     what = "max weight" if factor > 1 else "weight"
-    z = np.asarray(pattern, dtype=np.float32)
-    fig = go.Figure(go.Heatmap(
-        z=z, x=ticks, y=ticks, zmin=0, zmax=1, colorscale=colorscale, hoverongaps=False,
-        hovertemplate=f"query %{{y}}<br>key %{{x}}<br>{what} %{{z:.6f}}<extra></extra>",
-        colorbar=dict(title="weight", thickness=12),
-    ))
-    fig.update_xaxes(type="category", title="key (attended to)", tickangle=-60, tickfont=dict(size=9),
-                     showgrid=False, constrain="domain")
-    fig.update_yaxes(type="category", title="query", autorange="reversed", tickfont=dict(size=9),
-                     showgrid=False, scaleanchor="x")
+    trace = dict(type="heatmap", z=np.asarray(pattern, dtype=np.float32), x=ticks, y=ticks, zmin=0, zmax=1,
+                 colorscale=_scale(colorscale), hoverongaps=False,
+                 hovertemplate=f"query %{{y}}<br>key %{{x}}<br>{what} %{{z:.6f}}<extra></extra>",
+                 colorbar=dict(title=dict(text="weight"), thickness=12))
     note = pooled_note(factor)
-    fig = _layout(fig, safe(title) + (f" · {note}" if note else ""), height=700)
-    fig.update_layout(plot_bgcolor=MASK_COLOR)
-    return fig
+    extra = {} if meta is None else dict(meta=meta)
+    return _figure([trace], safe(title) + (f" · {note}" if note else ""), 700, plot_bgcolor=MASK_COLOR,
+                   xaxis=dict(type="category", title=dict(text="key (attended to)"), tickangle=-60,
+                              tickfont=dict(size=9), showgrid=False, constrain="domain"),
+                   yaxis=dict(type="category", title=dict(text="query"), autorange="reversed", tickfont=dict(size=9),
+                              showgrid=False, scaleanchor="x"), **extra)
 
 
 def focused_head(pattern: np.ndarray, labels: Sequence[str], factor: int, title: str) -> go.Figure:
     """One head, large (`attention_heatmap`), marked so that clicking it goes back to the grid."""
-    fig = attention_heatmap(pattern, labels, factor, title + " · click it (or ← Back) to return to the grid")
-    fig.update_layout(meta=dict(view="head"))
-    return fig
+    return attention_heatmap(pattern, labels, factor, title + " · click it (or ← Back) to return to the grid",
+                             meta=dict(view="head"))
+
+
+def _subplot_title(text: str, x: float, y: float) -> dict:
+    """A subplot's title, as `make_subplots(subplot_titles=...)` writes it."""
+    return dict(font=dict(size=16), showarrow=False, text=text, x=x, xanchor="center", xref="paper",
+                y=y, yanchor="bottom", yref="paper")
 
 
 def side_by_side(a: np.ndarray, b: np.ndarray, labels: Sequence[str], factor: int,
                  title_a: str, title_b: str, title: str) -> go.Figure:
-    """Two patterns of the same size next to each other, one colour scale."""
+    """Two patterns of the same size next to each other, one colour scale (two subplots,
+    the domains `make_subplots(1, 2, horizontal_spacing=0.08)` gives)."""
     ticks = axis_labels(labels, factor)
-    fig = make_subplots(1, 2, subplot_titles=[safe(title_a), safe(title_b)], horizontal_spacing=0.08)
-    for col, z in ((1, a), (2, b)):
-        fig.add_trace(go.Heatmap(z=np.asarray(z, dtype=np.float32), x=ticks, y=ticks, zmin=0, zmax=1,
-                                 colorscale=ATTN_SCALE, showscale=col == 2, hoverongaps=False,
-                                 hovertemplate="query %{y}<br>key %{x}<br>weight %{z:.6f}<extra></extra>",
-                                 colorbar=dict(title="weight", thickness=12)), 1, col)
-    fig.update_xaxes(type="category", showgrid=False, tickfont=dict(size=8), tickangle=-60)
-    fig.update_yaxes(type="category", showgrid=False, tickfont=dict(size=8), autorange="reversed")
+    traces = [dict(type="heatmap", z=np.asarray(z, dtype=np.float32), x=ticks, y=ticks, zmin=0, zmax=1,
+                   colorscale=ATTN_SCALE, showscale=col == 2, hoverongaps=False,
+                   hovertemplate="query %{y}<br>key %{x}<br>weight %{z:.6f}<extra></extra>",
+                   colorbar=dict(title=dict(text="weight"), thickness=12), xaxis=xa, yaxis=ya)
+              for col, z, xa, ya in ((1, a, "x", "y"), (2, b, "x2", "y2"))]
+    xaxis = dict(type="category", showgrid=False, tickfont=dict(size=8), tickangle=-60)
+    yaxis = dict(type="category", showgrid=False, tickfont=dict(size=8), autorange="reversed")
     note = pooled_note(factor)
-    fig = _layout(fig, safe(title) + (f" · {note}" if note else ""), height=520)
-    fig.update_layout(plot_bgcolor=MASK_COLOR)
-    return fig
+    return _figure(traces, safe(title) + (f" · {note}" if note else ""), 520, plot_bgcolor=MASK_COLOR,
+                   xaxis=dict(xaxis, anchor="y", domain=[0.0, 0.46]), yaxis=dict(yaxis, anchor="x", domain=[0.0, 1.0]),
+                   xaxis2=dict(xaxis, anchor="y2", domain=[0.54, 1.0]),
+                   yaxis2=dict(yaxis, anchor="x2", domain=[0.0, 1.0]),
+                   annotations=[_subplot_title(safe(title_a), 0.23, 1.0), _subplot_title(safe(title_b), 0.77, 1.0)])
 
 
 # --------------------------------------------------------------------------------------
@@ -176,16 +180,15 @@ def query_heads(rows: np.ndarray, labels: Sequence[str], query: int, focus: tupl
     z = np.asarray(rows[:, :, : query + 1], dtype=np.float32).reshape(L * nh, query + 1)
     heads = [f"L{l} H{h}" for l in range(L) for h in range(nh)]
     keys = axis_labels(labels[: query + 1])
-    fig = go.Figure(go.Heatmap(z=z, x=keys, y=heads, zmin=0, zmax=1, colorscale=ATTN_SCALE,
-                               hovertemplate="%{y} → key %{x}<br>weight %{z:.6f}<extra></extra>",
-                               colorbar=dict(title="weight", thickness=12)))
+    trace = dict(type="heatmap", z=z, x=keys, y=heads, zmin=0, zmax=1, colorscale=ATTN_SCALE,
+                 hovertemplate="%{y} → key %{x}<br>weight %{z:.6f}<extra></extra>",
+                 colorbar=dict(title=dict(text="weight"), thickness=12))
     r = focus[0] * nh + focus[1]
-    fig.add_shape(type="rect", xref="x domain", x0=0, x1=1, y0=r - 0.5, y1=r + 0.5,
-                  line=dict(color="#f59e0b", width=2))
-    fig.update_xaxes(type="category", tickangle=-60, tickfont=dict(size=9), showgrid=False)
-    fig.update_yaxes(type="category", autorange="reversed", tickfont=dict(size=9), showgrid=False)
+    frame = dict(type="rect", xref="x domain", x0=0, x1=1, y0=r - 0.5, y1=r + 0.5, line=dict(color="#f59e0b", width=2))
     title = f"Where token {query} ‘{safe(labels[query])}’ looks, in every head"
-    return _layout(fig, title, height=int(max(260, min(900, 90 + 16 * L * nh))))
+    return _figure([trace], title, int(max(260, min(900, 90 + 16 * L * nh))), shapes=[frame],
+                   xaxis=dict(type="category", tickangle=-60, tickfont=dict(size=9), showgrid=False),
+                   yaxis=dict(type="category", autorange="reversed", tickfont=dict(size=9), showgrid=False))
 
 
 def token_strip(labels: Sequence[str], weights: np.ndarray, query: int) -> list[tuple[str, float | None]]:
@@ -204,17 +207,21 @@ def equation_figure(eq, labels: Sequence[str]) -> go.Figure:
     softmax of them (the attention weights). Masked keys are listed in the title."""
     n = eq.query + 1
     keys = axis_labels(labels[:n])
-    fig = make_subplots(2, 1, shared_xaxes=True, vertical_spacing=0.12,
-                        subplot_titles=["scores  q·k / √d", "softmax → attention weights (sum to 1)"])
-    fig.add_trace(go.Bar(x=keys, y=eq.scores[:n], marker_color="#94a3b8",
-                         hovertemplate="key %{x}<br>q·k/√d = %{y:.6f}<extra></extra>"), 1, 1)
-    fig.add_trace(go.Bar(x=keys, y=eq.weights[:n], marker_color="#4f46e5",
-                         hovertemplate="key %{x}<br>weight = %{y:.6f}<extra></extra>"), 2, 1)
-    fig.update_xaxes(type="category", tickangle=-60, tickfont=dict(size=9))
+    traces = [dict(type="bar", x=keys, y=eq.scores[:n], marker=dict(color="#94a3b8"), xaxis="x", yaxis="y",
+                   hovertemplate="key %{x}<br>q·k/√d = %{y:.6f}<extra></extra>"),
+              dict(type="bar", x=keys, y=eq.weights[:n], marker=dict(color="#4f46e5"), xaxis="x2", yaxis="y2",
+                   hovertemplate="key %{x}<br>weight = %{y:.6f}<extra></extra>")]
     masked = len(eq.weights) - n
     title = (f"L{eq.layer} H{eq.head}, query {eq.query} ‘{safe(labels[eq.query])}’ · "
              + (f"{masked} later keys masked (−∞ → weight 0)" if masked else "no later keys to mask"))
-    return _layout(fig, title, height=460, showlegend=False)
+    # the domains of make_subplots(2, 1, shared_xaxes=True, vertical_spacing=0.12)
+    xaxis = dict(type="category", tickangle=-60, tickfont=dict(size=9), domain=[0.0, 1.0])
+    return _figure(traces, title, 460, showlegend=False,
+                   xaxis=dict(xaxis, anchor="y", matches="x2", showticklabels=False),
+                   yaxis=dict(anchor="x", domain=[0.56, 1.0]),
+                   xaxis2=dict(xaxis, anchor="y2"), yaxis2=dict(anchor="x2", domain=[0.0, 0.44]),
+                   annotations=[_subplot_title("scores  q·k / √d", 0.5, 1.0),
+                                _subplot_title("softmax → attention weights (sum to 1)", 0.5, 0.44)])
 
 
 def _vec(v: np.ndarray, k: int = 6) -> str:
@@ -279,53 +286,48 @@ def logit_lens(lens, labels: Sequence[str], vocab_label) -> go.Figure:
     cols = [f"{p} {safe(labels[p])}" for p in lens.positions]
     top = [[safe(vocab_label(int(i))) for i in row] for row in lens.top_ids]
     nxt = [safe(vocab_label(i)) if i >= 0 else "(end of text)" for i in lens.next_ids]
-    custom = np.empty(lens.top_probs.shape + (2,), dtype=object)
-    for r in range(len(lens.rows)):
-        for c in range(len(cols)):
-            p = lens.next_probs[r, c]
-            custom[r, c] = (nxt[c], "—" if not np.isfinite(p) else f"{p:.4f}")
-    fig = go.Figure(go.Heatmap(
-        z=lens.top_probs.astype(np.float32), x=cols, y=[f"after {r}" if r != "embed" else "embedding" for r in lens.rows],
+    prob = lambda p: "—" if not np.isfinite(p) else f"{p:.4f}"  # noqa: E731
+    custom = [[[nxt[c], prob(lens.next_probs[r, c])] for c in range(len(cols))] for r in range(len(lens.rows))]
+    trace = dict(
+        type="heatmap", z=lens.top_probs.astype(np.float32), x=cols,
+        y=[f"after {r}" if r != "embed" else "embedding" for r in lens.rows],
         text=top, texttemplate="%{text}", textfont=dict(size=9), customdata=custom, zmin=0, zmax=1,
-        colorscale=LENS_SCALE, colorbar=dict(title="p(top)", thickness=12),
+        colorscale=_scale(LENS_SCALE), colorbar=dict(title=dict(text="p(top)"), thickness=12),
         hovertemplate=("%{y}, at %{x}<br>top prediction %{text} p=%{z:.4f}"
                        "<br>actual next %{customdata[0]} p=%{customdata[1]}<extra></extra>"),
-    ))
-    fig.update_xaxes(type="category", tickangle=-60, tickfont=dict(size=9), side="bottom")
-    fig.update_yaxes(type="category", autorange="reversed")
+    )
     first, last = lens.positions[0], lens.positions[-1]
     title = f"Logit lens: the top next token after each layer, positions {first}–{last}"
-    return _layout(fig, title, height=int(140 + 34 * len(lens.rows)))
+    return _figure([trace], title, int(140 + 34 * len(lens.rows)),
+                   xaxis=dict(type="category", tickangle=-60, tickfont=dict(size=9), side="bottom"),
+                   yaxis=dict(type="category", autorange="reversed"))
 
 
 def divergence_grid(js: np.ndarray, name_a: str, name_b: str) -> go.Figure:
     """(L, nh) Jensen–Shannon divergence per head, averaged over queries (bits, 0..1)."""
     L, nh = js.shape
-    fig = go.Figure(go.Heatmap(
-        z=js.astype(np.float32), x=[f"H{h}" for h in range(nh)], y=[f"L{l}" for l in range(L)],
-        zmin=0, zmax=max(float(np.nanmax(js)) if js.size else 0, 1e-6), colorscale=DIFF_SCALE,
+    trace = dict(
+        type="heatmap", z=js.astype(np.float32), x=[f"H{h}" for h in range(nh)], y=[f"L{l}" for l in range(L)],
+        zmin=0, zmax=max(float(np.nanmax(js)) if js.size else 0, 1e-6), colorscale=_scale(DIFF_SCALE),
         text=[[f"{v:.3f}" for v in row] for row in js], texttemplate="%{text}",
         hovertemplate="%{y} %{x}: JS divergence %{z:.4f} bits<extra></extra>",
-        colorbar=dict(title="JS (bits)", thickness=12)))
-    fig.update_xaxes(type="category", side="top")
-    fig.update_yaxes(type="category", autorange="reversed", scaleanchor="x")
+        colorbar=dict(title=dict(text="JS (bits)"), thickness=12))
     title = f"How differently each head attends: {safe(name_a)} vs {safe(name_b)} (JS divergence, mean over queries)"
-    return _layout(fig, title, height=int(120 + 36 * L))
+    return _figure([trace], title, int(120 + 36 * L), xaxis=dict(type="category", side="top"),
+                   yaxis=dict(type="category", autorange="reversed", scaleanchor="x"))
 
 
 def ablation_bars(token_labels: Sequence[str], before: np.ndarray, after: np.ndarray, title: str) -> go.Figure:
     """Grouped bars: the next-token probabilities of the top tokens, before and after."""
     x = [f"{i + 1}. {safe(t)}" for i, t in enumerate(token_labels)]
-    fig = go.Figure([
-        go.Bar(name="model", x=x, y=before, marker_color="#94a3b8",
-               hovertemplate="%{x}<br>p = %{y:.5f} (model)<extra></extra>"),
-        go.Bar(name="head(s) ablated", x=x, y=after, marker_color="#ef4444",
-               hovertemplate="%{x}<br>p = %{y:.5f} (ablated)<extra></extra>"),
-    ])
-    fig.update_xaxes(type="category", tickangle=-45)
-    fig.update_yaxes(title="probability", rangemode="tozero")
-    return _layout(fig, safe(title), height=380, barmode="group", showlegend=True,
-                   legend=dict(orientation="h", y=1.02, x=1, xanchor="right", yanchor="bottom"))
+    traces = [dict(type="bar", name="model", x=x, y=before, marker=dict(color="#94a3b8"),
+                   hovertemplate="%{x}<br>p = %{y:.5f} (model)<extra></extra>"),
+              dict(type="bar", name="head(s) ablated", x=x, y=after, marker=dict(color="#ef4444"),
+                   hovertemplate="%{x}<br>p = %{y:.5f} (ablated)<extra></extra>")]
+    return _figure(traces, safe(title), 380, barmode="group", showlegend=True,
+                   legend=dict(orientation="h", y=1.02, x=1, xanchor="right", yanchor="bottom"),
+                   xaxis=dict(type="category", tickangle=-45),
+                   yaxis=dict(title=dict(text="probability"), rangemode="tozero"))
 
 
 def nice(x: float | None, digits: int = 4) -> str:

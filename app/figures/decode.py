@@ -17,7 +17,8 @@ from typing import Sequence
 
 import plotly.graph_objects as go
 
-from app.figures import apply_layout as _layout
+from app.figures import colorscale as _scale
+from app.figures import figure as _figure
 
 # probability buckets for token colouring (HighlightedText categories), most likely first
 BUCKETS = (("p ≥ 0.9", 0.9, "#16a34a"), ("0.5–0.9", 0.5, "#86efac"), ("0.2–0.5", 0.2, "#fde68a"),
@@ -53,37 +54,34 @@ def candidates_figure(labels: Sequence[str], stages: dict[str, Sequence[float]],
     """Grouped bars: each candidate's probability after each stage (0 = cut by that filter).
     `chosen` is the index (in `labels`) of the token that was picked; it is outlined and starred."""
     x = [f"{i + 1}. {safe(t)}" + (" ★" if i == chosen else "") for i, t in enumerate(labels)]
-    fig = go.Figure()
+    traces = []
     for name, probs in stages.items():
         probs = [float(p) for p in probs]
         n_kept = kept.get(name)
         legend = STAGE_NAMES.get(name, name) + (f" · {n_kept:,} kept" if n_kept is not None else "")
         widths = [3 if i == chosen else 0 for i in range(len(probs))]
-        fig.add_trace(go.Bar(
-            x=x, y=probs, name=safe(legend), marker=dict(color=STAGE_COLORS.get(name, "#a1a1aa"),
-                                                         line=dict(color="#111827", width=widths)),
+        traces.append(dict(
+            type="bar", x=x, y=probs, name=safe(legend),
+            marker=dict(color=STAGE_COLORS.get(name, "#a1a1aa"), line=dict(color="#111827", width=widths)),
             text=["cut" if p == 0.0 else "" for p in probs], textposition="outside",
             hovertemplate="%{x}<br>" + safe(STAGE_NAMES.get(name, name)) + ": p = %{y:.4f}<extra></extra>",
         ))
-    fig = _layout(fig, title, 360, barmode="group", legend=dict(orientation="h", y=-0.25),
-                  yaxis=dict(title="probability", rangemode="tozero"))
-    fig.update_xaxes(tickangle=-30)
-    return fig
+    return _figure(traces, title, 360, barmode="group", legend=dict(orientation="h", y=-0.25),
+                   xaxis=dict(tickangle=-30), yaxis=dict(title=dict(text="probability"), rangemode="tozero"))
 
 
 def entropy_figure(columns: Sequence[tuple[str, Sequence[float], Sequence[float]]]) -> go.Figure:
     """One line per column: entropy (bits) of the model's next-token distribution per step,
     with the chosen token's probability in the hover."""
-    fig = go.Figure()
-    for i, (name, ent, probs) in enumerate(columns):
-        fig.add_trace(go.Scatter(
-            x=list(range(1, len(ent) + 1)), y=[float(e) for e in ent], mode="lines+markers", name=safe(name),
-            line=dict(color=COLUMN_COLORS[i % len(COLUMN_COLORS)], width=2), marker=dict(size=5),
-            customdata=[[float(p)] for p in probs],
-            hovertemplate="step %{x}: %{y:.2f} bits, chosen p = %{customdata[0]:.3f}<extra></extra>",
-        ))
-    return _layout(fig, "Entropy of the next-token distribution, per step", 300,
-                   xaxis=dict(title="step"), yaxis=dict(title="entropy (bits)", rangemode="tozero"),
+    traces = [dict(
+        type="scatter", x=list(range(1, len(ent) + 1)), y=[float(e) for e in ent], mode="lines+markers",
+        name=safe(name), line=dict(color=COLUMN_COLORS[i % len(COLUMN_COLORS)], width=2), marker=dict(size=5),
+        customdata=[[float(p)] for p in probs],
+        hovertemplate="step %{x}: %{y:.2f} bits, chosen p = %{customdata[0]:.3f}<extra></extra>",
+    ) for i, (name, ent, probs) in enumerate(columns)]
+    return _figure(traces, "Entropy of the next-token distribution, per step", 300,
+                   xaxis=dict(title=dict(text="step")),
+                   yaxis=dict(title=dict(text="entropy (bits)"), rangemode="tozero"),
                    legend=dict(orientation="h", y=-0.3))
 
 
@@ -110,46 +108,47 @@ def beam_tree_figure(nodes: Sequence[dict], best_path: Sequence[int], title: str
         tx, ty = (bx, by) if (n["id"] in best and n["parent"] in best) else (ex, ey)
         tx += [x0, x1, None]
         ty += [y0, y1, None]
-    fig = go.Figure()
-    fig.add_trace(go.Scatter(x=ex, y=ey, mode="lines", line=dict(color="#cbd5e1", width=1), hoverinfo="skip",
-                             showlegend=False))
-    fig.add_trace(go.Scatter(x=bx, y=by, mode="lines", line=dict(color="#4f46e5", width=3), hoverinfo="skip",
-                             name="best hypothesis"))
     fin = [n.get("final_score") is not None for n in nodes]
-    fig.add_trace(go.Scatter(
-        x=[pos[n["id"]][0] for n in nodes], y=[pos[n["id"]][1] for n in nodes], mode="markers+text",
-        text=[safe(n["label"]) for n in nodes], textposition="top center", textfont=dict(size=10),
-        marker=dict(size=[11 if f else 8 for f in fin], symbol=["square" if f else "circle" for f in fin],
-                    color=[n["score"] for n in nodes], colorscale="Viridis", showscale=True,
-                    colorbar=dict(title="sum log p", thickness=10)),
-        customdata=[[safe(n["label"]), n["score"], "—" if n.get("final_score") is None else f"{n['final_score']:.3f}"]
-                    for n in nodes],
-        hovertemplate="step %{x}: %{customdata[0]}<br>sum log p = %{customdata[1]:.3f}"
-                      "<br>final score = %{customdata[2]}<extra></extra>", showlegend=False,
-    ))
+    traces = [
+        dict(type="scatter", x=ex, y=ey, mode="lines", line=dict(color="#cbd5e1", width=1), hoverinfo="skip",
+             showlegend=False),
+        dict(type="scatter", x=bx, y=by, mode="lines", line=dict(color="#4f46e5", width=3), hoverinfo="skip",
+             name="best hypothesis"),
+        dict(type="scatter", x=[pos[n["id"]][0] for n in nodes], y=[pos[n["id"]][1] for n in nodes],
+             mode="markers+text", text=[safe(n["label"]) for n in nodes], textposition="top center",
+             textfont=dict(size=10),
+             marker=dict(size=[11 if f else 8 for f in fin], symbol=["square" if f else "circle" for f in fin],
+                         color=[n["score"] for n in nodes], colorscale=_scale("Viridis"), showscale=True,
+                         colorbar=dict(title=dict(text="sum log p"), thickness=10)),
+             customdata=[[safe(n["label"]), n["score"],
+                          "—" if n.get("final_score") is None else f"{n['final_score']:.3f}"] for n in nodes],
+             hovertemplate="step %{x}: %{customdata[0]}<br>sum log p = %{customdata[1]:.3f}"
+                           "<br>final score = %{customdata[2]}<extra></extra>", showlegend=False),
+    ]
     steps = max((n["step"] for n in nodes), default=0)
     height = max(320, min(700, 40 * max((len(v) for v in by_step.values()), default=1) + 120))
-    return _layout(fig, title, height, xaxis=dict(title="step", range=[-1.0, steps + 0.8]),
+    return _figure(traces, title, height, xaxis=dict(title=dict(text="step"), range=[-1.0, steps + 0.8]),
                    yaxis=dict(visible=False), legend=dict(orientation="h", y=-0.15))
 
 
 def sweep_figure(points: Sequence[dict]) -> go.Figure:
     """Perplexity (under the model) vs distinct-2, one marker series per method, labelled by
     temperature: the guide's quality/creativity table, measured."""
-    fig = go.Figure()
     methods = list(dict.fromkeys(p["label"] for p in points))
+    traces = []
     for i, m in enumerate(methods):
         pts = [p for p in points if p["label"] == m]
-        fig.add_trace(go.Scatter(
-            x=[p["distinct_2"] for p in pts], y=[p["perplexity"] for p in pts], mode="lines+markers+text",
-            name=safe(m), text=["" if p["temperature"] is None else f"T={p['temperature']:g}" for p in pts],
+        traces.append(dict(
+            type="scatter", x=[p["distinct_2"] for p in pts], y=[p["perplexity"] for p in pts],
+            mode="lines+markers+text", name=safe(m),
+            text=["" if p["temperature"] is None else f"T={p['temperature']:g}" for p in pts],
             textposition="top center", marker=dict(size=10, color=COLUMN_COLORS[i % len(COLUMN_COLORS)]),
             line=dict(width=1, dash="dot"),
             hovertemplate="distinct-2 = %{x:.3f}<br>perplexity = %{y:.2f}<br>%{text}<extra>" + safe(m) + "</extra>",
         ))
     finite = [p["perplexity"] for p in points if math.isfinite(p["perplexity"])]
     log_y = bool(finite) and max(finite) / max(min(finite), 1e-9) > 20
-    return _layout(fig, "Sweep: perplexity under the model (lower = more likely) vs distinct-2 (higher = more varied)",
-                   380, xaxis=dict(title="distinct-2", range=[-0.02, 1.05]),
-                   yaxis=dict(title="perplexity", type="log" if log_y else "linear"),
+    title = "Sweep: perplexity under the model (lower = more likely) vs distinct-2 (higher = more varied)"
+    return _figure(traces, title, 380, xaxis=dict(title=dict(text="distinct-2"), range=[-0.02, 1.05]),
+                   yaxis=dict(title=dict(text="perplexity"), type="log" if log_y else "linear"),
                    legend=dict(orientation="h", y=-0.2))

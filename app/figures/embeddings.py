@@ -20,6 +20,7 @@ from typing import Sequence
 import numpy as np
 import plotly.graph_objects as go
 
+from app.figures import colorscale as _scale
 from core.inspect.embeddings import CLASS_NAMES
 
 CLASS_COLORS = ("#6366f1", "#0ea5e9", "#f59e0b", "#ef4444", "#a855f7", "#94a3b8", "#111827", "#10b981")
@@ -33,15 +34,19 @@ def esc(text: str) -> str:
     return html.escape(text, quote=False)
 
 
-def _layout(fig: go.Figure, title: str, height: int, legend: bool = False) -> go.Figure:
-    fig.update_layout(
+def _figure(traces: list[dict], title: str, height: int, legend: bool = False, **kw) -> go.Figure:
+    """The tab's layout (plotly's default template, a monospace hover for token labels, the
+    legend above the plot), from plain trace dicts, without plotly's per-property validation
+    (a vocabulary map is a few traces, but the checkpoints' slider is many); `kw` adds keys."""
+    layout = dict(
         title=dict(text=title, x=0.0, xanchor="left", font=dict(size=14)),
         height=height, margin=dict(l=10, r=10, t=48, b=10),
         paper_bgcolor="rgba(0,0,0,0)", plot_bgcolor="rgba(0,0,0,0)",
         showlegend=legend, hoverlabel=dict(font=dict(family="monospace")),
         legend=dict(orientation="h", yanchor="bottom", y=1.0, xanchor="left", x=0, itemsizing="constant"),
     )
-    return fig
+    layout.update(kw)
+    return go.Figure(data=traces, layout=layout, _validate=False)
 
 
 def _axis_titles(explained: Sequence[float], dims: int) -> list[str]:
@@ -52,19 +57,20 @@ def _f32(a) -> np.ndarray:
     return np.ascontiguousarray(a, dtype=np.float32)
 
 
-def _scatter(coords: np.ndarray, dims: int, **kw):
+def _scatter(coords: np.ndarray, dims: int, **kw) -> dict:
     if dims == 3:
-        return go.Scatter3d(x=_f32(coords[:, 0]), y=_f32(coords[:, 1]), z=_f32(coords[:, 2]), **kw)
-    return go.Scattergl(x=_f32(coords[:, 0]), y=_f32(coords[:, 1]), **kw)
+        return dict(type="scatter3d", x=_f32(coords[:, 0]), y=_f32(coords[:, 1]), z=_f32(coords[:, 2]), **kw)
+    return dict(type="scattergl", x=_f32(coords[:, 0]), y=_f32(coords[:, 1]), **kw)
 
 
-def _axes(fig: go.Figure, titles: list[str], dims: int) -> None:
+def _axes(titles: list[str], dims: int, xaxis: dict | None = None, yaxis: dict | None = None) -> dict:
+    """Layout keys for the PCA axes: a cube scene in 3-D, gridded x and y axes in 2-D."""
     if dims == 3:
-        fig.update_layout(scene=dict(xaxis_title=titles[0], yaxis_title=titles[1], zaxis_title=titles[2],
-                                     aspectmode="cube"))
-    else:
-        fig.update_xaxes(title=titles[0], showgrid=True, gridcolor=GRID, zeroline=False)
-        fig.update_yaxes(title=titles[1], showgrid=True, gridcolor=GRID, zeroline=False)
+        return dict(scene=dict(xaxis=dict(title=dict(text=titles[0])), yaxis=dict(title=dict(text=titles[1])),
+                               zaxis=dict(title=dict(text=titles[2])), aspectmode="cube"))
+    grid = dict(showgrid=True, gridcolor=GRID, zeroline=False)
+    return dict(xaxis=dict(xaxis or {}, title=dict(text=titles[0]), **grid),
+                yaxis=dict(yaxis or {}, title=dict(text=titles[1]), **grid))
 
 
 def token_map(coords: np.ndarray, classes: np.ndarray, labels: Sequence[str], explained: Sequence[float], *,
@@ -77,29 +83,28 @@ def token_map(coords: np.ndarray, classes: np.ndarray, labels: Sequence[str], ex
     if coords.shape[0] != V or classes.shape[0] != V or coords.shape[1] < dims:
         raise ValueError(f"coords {coords.shape}, classes {classes.shape} and {V} labels do not match")
     size = 2.5 if V > 20_000 else 4 if V > 2_000 else 6
-    fig = go.Figure()
+    traces = []
     for c, name in enumerate(CLASS_NAMES):
         ids = np.flatnonzero(classes == c)
         if not len(ids):
             continue
-        fig.add_trace(_scatter(
+        traces.append(_scatter(
             coords[ids], dims, mode="markers", name=f"{name} ({len(ids):,})",
-            marker=dict(size=size if dims == 2 else size * 0.7, color=CLASS_COLORS[c], opacity=0.7, line_width=0),
+            marker=dict(size=size if dims == 2 else size * 0.7, color=CLASS_COLORS[c], opacity=0.7, line=dict(width=0)),
             text=[esc(labels[i]) for i in ids], customdata=ids.astype(np.int32),
             hovertemplate=f"%{{text}}<br>id %{{customdata}} · {name}<extra></extra>",
         ))
     hl = np.asarray(list(highlight), dtype=np.int64)
     if len(hl):
         few = len(hl) <= MAX_TEXT_LABELS
-        fig.add_trace(_scatter(
+        traces.append(_scatter(
             coords[hl], dims, mode="markers+text" if few else "markers", name=f"matches ({len(hl):,})",
             marker=dict(size=12 if dims == 2 else 6, color="rgba(0,0,0,0)", line=dict(color=HIGHLIGHT, width=2)),
             text=[esc(labels[i]) for i in hl], customdata=hl.astype(np.int32), textposition="top center",
             textfont=dict(color=HIGHLIGHT, size=12),
             hovertemplate="%{text}<br>id %{customdata} · match<extra></extra>",
         ))
-    _axes(fig, _axis_titles(explained, dims), dims)
-    return _layout(fig, title, height=640, legend=True)
+    return _figure(traces, title, 640, legend=True, **_axes(_axis_titles(explained, dims), dims))
 
 
 def positional_heatmap(M: np.ndarray, factor: int = 1,
@@ -108,15 +113,14 @@ def positional_heatmap(M: np.ndarray, factor: int = 1,
     n = M.shape[0]
     if factor > 1:
         title += f" (each cell averages {factor}×{factor} positions)"
-    fig = go.Figure(go.Heatmap(
-        z=_f32(M), x0=0, dx=factor, y0=0, dy=factor, colorscale="RdBu", reversescale=True, zmin=-1, zmax=1,
-        colorbar=dict(title="cos", thickness=12),
+    trace = dict(
+        type="heatmap", z=_f32(M), x0=0, dx=factor, y0=0, dy=factor, colorscale=_scale("RdBu"), reversescale=True,
+        zmin=-1, zmax=1, colorbar=dict(title=dict(text="cos"), thickness=12),
         hovertemplate="position %{y} vs %{x}: cos %{z:.3f}<extra></extra>",
-    ))
-    fig.update_xaxes(title="position", constrain="domain")
-    fig.update_yaxes(title="position", autorange="reversed", scaleanchor="x")
-    fig.update_layout(meta=dict(cells=n))
-    return _layout(fig, title, height=520)
+    )
+    return _figure([trace], title, 520, meta=dict(cells=n),
+                   xaxis=dict(title=dict(text="position"), constrain="domain"),
+                   yaxis=dict(title=dict(text="position"), autorange="reversed", scaleanchor="x"))
 
 
 def positional_curve(coords: np.ndarray, explained: Sequence[float], dims: int = 2,
@@ -124,12 +128,11 @@ def positional_curve(coords: np.ndarray, explained: Sequence[float], dims: int =
     """The path of position embeddings 0, 1, 2, … through their principal axes, coloured by position."""
     T = coords.shape[0]
     pos = np.arange(T, dtype=np.int32)
-    marker = dict(size=5 if dims == 2 else 3, color=pos, colorscale="Viridis",
-                  colorbar=dict(title="position", thickness=12))
-    fig = go.Figure(_scatter(coords, dims, mode="lines+markers", marker=marker, line=dict(color=GRID, width=2),
-                             customdata=pos, hovertemplate="position %{customdata}<extra></extra>"))
-    _axes(fig, _axis_titles(explained, dims), dims)
-    return _layout(fig, title, height=520)
+    marker = dict(size=5 if dims == 2 else 3, color=pos, colorscale=_scale("Viridis"),
+                  colorbar=dict(title=dict(text="position"), thickness=12))
+    trace = _scatter(coords, dims, mode="lines+markers", marker=marker, line=dict(color=GRID, width=2),
+                     customdata=pos, hovertemplate="position %{customdata}<extra></extra>")
+    return _figure([trace], title, 520, **_axes(_axis_titles(explained, dims), dims))
 
 
 def layer_scatter(coords: np.ndarray, labels: Sequence[str], explained: Sequence[float], layer: int,
@@ -138,14 +141,15 @@ def layer_scatter(coords: np.ndarray, labels: Sequence[str], explained: Sequence
     T = coords.shape[0]
     pos = np.arange(T, dtype=np.int32)
     name = "embedding (token + position)" if layer == 0 else f"after block {layer - 1}"
-    fig = go.Figure(go.Scatter(
-        x=_f32(coords[:, 0]), y=_f32(coords[:, 1]), mode="markers+text", text=[esc(s) for s in labels],
-        textposition="top center", customdata=pos,
-        marker=dict(size=9, color=pos, colorscale="Viridis", colorbar=dict(title="position", thickness=12)),
+    trace = dict(
+        type="scatter", x=_f32(coords[:, 0]), y=_f32(coords[:, 1]), mode="markers+text",
+        text=[esc(s) for s in labels], textposition="top center", customdata=pos,
+        marker=dict(size=9, color=pos, colorscale=_scale("Viridis"),
+                    colorbar=dict(title=dict(text="position"), thickness=12)),
         hovertemplate="%{text}<br>position %{customdata}<extra></extra>",
-    ))
-    _axes(fig, _axis_titles(explained, 2), 2)
-    return _layout(fig, title or f"Hidden states at layer {layer}: {name}", height=480)
+    )
+    return _figure([trace], title or f"Hidden states at layer {layer}: {name}", 480,
+                   **_axes(_axis_titles(explained, 2), 2))
 
 
 def layer_paths(coords: np.ndarray, labels: Sequence[str], explained: Sequence[float], layer: int | None = None,
@@ -155,25 +159,25 @@ def layer_paths(coords: np.ndarray, labels: Sequence[str], explained: Sequence[f
     L1, T, _ = coords.shape
     xs, ys, lay, tok = [], [], [], []
     for t in range(T):
-        xs += list(coords[:, t, 0]) + [None]
-        ys += list(coords[:, t, 1]) + [None]
+        xs += coords[:, t, 0].tolist() + [None]
+        ys += coords[:, t, 1].tolist() + [None]
         lay += list(range(L1)) + [None]
         tok += [esc(labels[t])] * L1 + [None]
-    fig = go.Figure(go.Scatter(
-        x=xs, y=ys, mode="lines+markers", text=tok, customdata=lay, line=dict(color=GRID, width=1.5),
-        marker=dict(size=6, color=[v if v is not None else 0 for v in lay], colorscale="Plasma", cmin=0,
-                    cmax=max(1, L1 - 1), colorbar=dict(title="layer", thickness=12)),
+    traces = [dict(
+        type="scatter", x=xs, y=ys, mode="lines+markers", text=tok, customdata=lay, line=dict(color=GRID, width=1.5),
+        marker=dict(size=6, color=[v if v is not None else 0 for v in lay], colorscale=_scale("Plasma"), cmin=0,
+                    cmax=max(1, L1 - 1), colorbar=dict(title=dict(text="layer"), thickness=12)),
         hovertemplate="%{text}<br>layer %{customdata}<extra></extra>", connectgaps=False,
-    ))
+    )]
     ends = coords[-1]
-    fig.add_trace(go.Scatter(x=_f32(ends[:, 0]), y=_f32(ends[:, 1]), mode="text", text=[esc(s) for s in labels],
-                             textposition="top center", hoverinfo="skip"))
+    traces.append(dict(type="scatter", x=_f32(ends[:, 0]), y=_f32(ends[:, 1]), mode="text",
+                       text=[esc(s) for s in labels], textposition="top center", hoverinfo="skip"))
     if layer is not None and 0 <= layer < L1:
-        fig.add_trace(go.Scatter(
-            x=_f32(coords[layer, :, 0]), y=_f32(coords[layer, :, 1]), mode="markers", name=f"layer {layer}",
-            marker=dict(size=12, color="rgba(0,0,0,0)", line=dict(color=HIGHLIGHT, width=2)), hoverinfo="skip"))
-    _axes(fig, _axis_titles(explained, 2), 2)
-    return _layout(fig, title, height=480)
+        traces.append(dict(
+            type="scatter", x=_f32(coords[layer, :, 0]), y=_f32(coords[layer, :, 1]), mode="markers",
+            name=f"layer {layer}", marker=dict(size=12, color="rgba(0,0,0,0)", line=dict(color=HIGHLIGHT, width=2)),
+            hoverinfo="skip"))
+    return _figure(traces, title, 480, **_axes(_axis_titles(explained, 2), 2))
 
 
 def training_steps(coords: np.ndarray, labels: Sequence[str], classes: np.ndarray, steps: Sequence[str],
@@ -185,20 +189,16 @@ def training_steps(coords: np.ndarray, labels: Sequence[str], classes: np.ndarra
     text = [esc(s) for s in labels]
     colors = np.asarray(CLASS_COLORS, dtype=object)[classes.astype(np.int64)].tolist()
     ids = np.arange(V, dtype=np.int32)
-    fig = go.Figure()
-    for j in range(n):
-        fig.add_trace(go.Scattergl(
-            x=_f32(coords[j, :, 0]), y=_f32(coords[j, :, 1]), mode="markers", name=steps[j], visible=j == n - 1,
-            marker=dict(size=5, color=colors, opacity=0.75), text=text, customdata=ids,
-            hovertemplate=f"%{{text}}<br>id %{{customdata}} · {esc(steps[j])}<extra></extra>",
-        ))
+    traces = [dict(
+        type="scattergl", x=_f32(coords[j, :, 0]), y=_f32(coords[j, :, 1]), mode="markers", name=steps[j],
+        visible=j == n - 1, showlegend=False, marker=dict(size=5, color=colors, opacity=0.75), text=text,
+        customdata=ids, hovertemplate=f"%{{text}}<br>id %{{customdata}} · {esc(steps[j])}<extra></extra>",
+    ) for j in range(n)]
     present = [c for c in range(len(CLASS_NAMES)) if np.any(classes == c)]
     for c in present:  # legend entries only: the colours of the classes
-        fig.add_trace(go.Scattergl(x=[None], y=[None], mode="markers", name=CLASS_NAMES[c], showlegend=True,
-                                   marker=dict(size=8, color=CLASS_COLORS[c]), hoverinfo="skip"))
+        traces.append(dict(type="scattergl", x=[None], y=[None], mode="markers", name=CLASS_NAMES[c], showlegend=True,
+                           marker=dict(size=8, color=CLASS_COLORS[c]), hoverinfo="skip"))
     pad = lambda lo, hi: [float(lo - 0.05 * (hi - lo + 1e-9)), float(hi + 0.05 * (hi - lo + 1e-9))]  # noqa: E731
-    fig.update_xaxes(range=pad(coords[..., 0].min(), coords[..., 0].max()))
-    fig.update_yaxes(range=pad(coords[..., 1].min(), coords[..., 1].max()))
     slider_steps = []
     for j in range(n):
         visible = [i == j for i in range(n)] + [True] * len(present)
@@ -206,12 +206,9 @@ def training_steps(coords: np.ndarray, labels: Sequence[str], classes: np.ndarra
             {"visible": visible},
             {"title.text": f"{title}<br><sub>{esc(steps[j])}: distance to the last after alignment "
                            f"{disparities[j]:.3f}</sub>"}]))
-    fig.update_layout(sliders=[dict(active=n - 1, steps=slider_steps, pad=dict(t=50),
-                                    currentvalue=dict(prefix="checkpoint: "))])
-    for t in fig.data[:n]:
-        t.showlegend = False
-    _axes(fig, _axis_titles(explained, 2), 2)
-    _layout(fig, f"{title}<br><sub>{esc(steps[-1])}: distance to the last after alignment {disparities[-1]:.3f}</sub>",
-            height=640, legend=True)
-    fig.update_layout(margin=dict(t=96))  # room for the two-line title above the legend
-    return fig
+    sliders = [dict(active=n - 1, steps=slider_steps, pad=dict(t=50), currentvalue=dict(prefix="checkpoint: "))]
+    axes = _axes(_axis_titles(explained, 2), 2, xaxis=dict(range=pad(coords[..., 0].min(), coords[..., 0].max())),
+                 yaxis=dict(range=pad(coords[..., 1].min(), coords[..., 1].max())))
+    last = f"{title}<br><sub>{esc(steps[-1])}: distance to the last after alignment {disparities[-1]:.3f}</sub>"
+    return _figure(traces, last, 640, legend=True, sliders=sliders, **axes,
+                   margin=dict(l=10, r=10, t=96, b=10))  # room for the two-line title above the legend

@@ -22,31 +22,28 @@ KIND_COLORS = {
 FALLBACK_COLOR = "#64748b"
 
 
-def _base_layout(fig: go.Figure, title: str, height: int) -> go.Figure:
-    fig.update_layout(
-        title=dict(text=title, x=0.0, xanchor="left", font=dict(size=14)),
-        height=height,
-        margin=dict(l=10, r=10, t=40, b=10),
-        paper_bgcolor="rgba(0,0,0,0)",
-        plot_bgcolor="rgba(0,0,0,0)",
-        showlegend=False,
-    )
-    return fig
-
-
 def params_by_kind(counts: Mapping[str, int], title: str = "Where the parameters are") -> go.Figure:
     """Horizontal bars: parameter count per kind of module (embedding, attention, ...),
-    labelled with the count and its share of the total."""
+    labelled with the count and its share of the total. Built from plain dicts, without
+    plotly's per-property validation."""
     kinds = [k for k, v in counts.items() if v > 0]
     values = [int(counts[k]) for k in kinds]
     total = sum(values) or 1
     text = [f"{v:,} ({100 * v / total:.1f}%)" for v in values]
-    fig = go.Figure(go.Bar(
-        x=values, y=kinds, orientation="h",
-        marker_color=[KIND_COLORS.get(k, FALLBACK_COLOR) for k in kinds],
+    trace = dict(
+        type="bar", x=values, y=kinds, orientation="h",
+        marker=dict(color=[KIND_COLORS.get(k, FALLBACK_COLOR) for k in kinds]),
         text=text, textposition="auto", cliponaxis=False,
         hovertemplate="%{y}: %{x:,} parameters<extra></extra>",
-    ))
-    fig.update_yaxes(autorange="reversed", title=None)
-    fig.update_xaxes(title="parameters", showgrid=True, gridcolor="rgba(148,163,184,0.3)")
-    return _base_layout(fig, title, height=80 + 45 * max(1, len(kinds)))
+    )
+    layout = dict(
+        title=dict(text=title, x=0.0, xanchor="left", font=dict(size=14)),
+        height=80 + 45 * max(1, len(kinds)),
+        margin=dict(l=10, r=10, t=40, b=10),
+        paper_bgcolor="rgba(0,0,0,0)",
+        plot_bgcolor="rgba(0,0,0,0)",
+        showlegend=False,
+        xaxis=dict(title=dict(text="parameters"), showgrid=True, gridcolor="rgba(148,163,184,0.3)"),
+        yaxis=dict(autorange="reversed", title={}),
+    )
+    return go.Figure(data=[trace], layout=layout, _validate=False)

@@ -19,15 +19,16 @@ GRID = "rgba(148,163,184,0.3)"
 MAX_POINTS = 500
 
 
-def _layout(fig: go.Figure, title: str, height: int = 300) -> go.Figure:
-    fig.update_layout(
+def _figure(traces: list[dict], title: str, xaxis: dict, yaxis: dict, height: int = 300) -> go.Figure:
+    """The BPE lab's layout (plotly's default template, gridded axes, no legend), from plain
+    trace dicts, without plotly's validation."""
+    layout = dict(
         title=dict(text=title, x=0.0, xanchor="left", font=dict(size=14)),
         height=height, margin=dict(l=10, r=10, t=40, b=10),
         paper_bgcolor="rgba(0,0,0,0)", plot_bgcolor="rgba(0,0,0,0)", showlegend=False,
+        xaxis=dict(xaxis, showgrid=True, gridcolor=GRID), yaxis=dict(yaxis, showgrid=True, gridcolor=GRID),
     )
-    fig.update_xaxes(showgrid=True, gridcolor=GRID)
-    fig.update_yaxes(showgrid=True, gridcolor=GRID)
-    return fig
+    return go.Figure(data=traces, layout=layout, _validate=False)
 
 
 def _thin(n: int, max_points: int = MAX_POINTS) -> list[int]:
@@ -47,14 +48,14 @@ def chars_per_token_curve(vocab_sizes: Sequence[int], chars_per_token: Sequence[
     keep = _thin(len(vocab_sizes))
     xs = [int(vocab_sizes[i]) for i in keep]
     ys = [float(chars_per_token[i]) for i in keep]
-    fig = go.Figure(go.Scatter(x=xs, y=ys, mode="lines", line=dict(color=LINE_COLOR, width=2),
-                               hovertemplate="vocab %{x:,}: %{y:.3f} characters per token<extra></extra>"))
+    traces = [dict(type="scatter", x=xs, y=ys, mode="lines", line=dict(color=LINE_COLOR, width=2),
+                   hovertemplate="vocab %{x:,}: %{y:.3f} characters per token<extra></extra>")]
     if xs:
-        fig.add_trace(go.Scatter(x=[xs[-1]], y=[ys[-1]], mode="markers+text", marker=dict(color=LINE_COLOR, size=9),
-                                 text=[f"{ys[-1]:.2f}"], textposition="top left", hoverinfo="skip"))
-    fig.update_xaxes(title="vocab size (tokens)")
-    fig.update_yaxes(title="characters per token", rangemode="tozero")
-    return _layout(fig, title)
+        traces.append(dict(type="scatter", x=[xs[-1]], y=[ys[-1]], mode="markers+text",
+                           marker=dict(color=LINE_COLOR, size=9), text=[f"{ys[-1]:.2f}"], textposition="top left",
+                           hoverinfo="skip"))
+    return _figure(traces, title, xaxis=dict(title=dict(text="vocab size (tokens)")),
+                   yaxis=dict(title=dict(text="characters per token"), rangemode="tozero"))
 
 
 def merge_counts(counts: Sequence[int], labels: Sequence[str] | None = None,
@@ -64,10 +65,9 @@ def merge_counts(counts: Sequence[int], labels: Sequence[str] | None = None,
         raise ValueError(f"{len(counts)} counts but {len(labels)} labels")
     keep = _thin(len(counts))
     custom = [html.escape(labels[i], quote=False) if labels is not None else "" for i in keep]
-    fig = go.Figure(go.Scatter(
-        x=[i + 1 for i in keep], y=[max(1, int(counts[i])) for i in keep], mode="lines+markers",
+    trace = dict(
+        type="scatter", x=[i + 1 for i in keep], y=[max(1, int(counts[i])) for i in keep], mode="lines+markers",
         marker=dict(size=4, color=COUNT_COLOR), line=dict(color=COUNT_COLOR, width=1), customdata=custom,
-        hovertemplate="merge %{x:,}: %{customdata}<br>%{y:,} times<extra></extra>"))
-    fig.update_xaxes(title="merge (in the order learned)")
-    fig.update_yaxes(title="pair count", type="log")
-    return _layout(fig, title)
+        hovertemplate="merge %{x:,}: %{customdata}<br>%{y:,} times<extra></extra>")
+    return _figure([trace], title, xaxis=dict(title=dict(text="merge (in the order learned)")),
+                   yaxis=dict(title=dict(text="pair count"), type="log"))

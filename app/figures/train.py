@@ -25,17 +25,19 @@ DIFF_KEYS = ("corpus", "tokenizer", "vocab_size", "n_layer", "n_head", "n_embd",
              "lr", "warmup", "weight_decay", "dropout", "optimizer", "seed", "device")
 
 
-def _layout(fig: go.Figure, title: str, height: int, legend: bool = True) -> go.Figure:
-    fig.update_layout(
+def _figure(traces: list[dict], title: str, height: int, legend: bool = True, xaxis: dict | None = None,
+            yaxis: dict | None = None, **kw) -> go.Figure:
+    """The Train tab's layout (plotly's default template, gridded axes, x = step, a unified
+    hover), from plain trace dicts, without plotly's validation; `xaxis`/`yaxis` add to the axes."""
+    layout = dict(
         title=dict(text=title, x=0.0, xanchor="left", font=dict(size=14)),
         height=height, margin=dict(l=10, r=10, t=40, b=10),
         paper_bgcolor="rgba(0,0,0,0)", plot_bgcolor="rgba(0,0,0,0)",
         showlegend=legend, legend=dict(orientation="h", yanchor="bottom", y=1.0, xanchor="right", x=1.0),
         hovermode="x unified",
-    )
-    fig.update_xaxes(title="step", showgrid=True, gridcolor=GRID, rangemode="tozero")
-    fig.update_yaxes(showgrid=True, gridcolor=GRID)
-    return fig
+        xaxis={**(xaxis or {}), "title": dict(text="step"), "showgrid": True, "gridcolor": GRID, "rangemode": "tozero"},
+        yaxis={**(yaxis or {}), "showgrid": True, "gridcolor": GRID}, **kw)
+    return go.Figure(data=traces, layout=layout, _validate=False)
 
 
 def _finite(points: Sequence[Sequence], col: int) -> tuple[list, list]:
@@ -54,44 +56,44 @@ def loss_curve(losses: Sequence[Sequence], evals: Sequence[Sequence] = (), vocab
     dashed ln(V) line: the loss of a model that gives every token the same probability.
 
     losses: [[step, loss], ...]; evals: [[step, train_loss, val_loss], ...]."""
-    fig = go.Figure()
     xs, ys = _finite(losses, 1)
-    fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines", name="train loss (batch)",
-                             line=dict(color=TRAIN_COLOR, width=1),
-                             hovertemplate="step %{x}: %{y:.4f}<extra>batch</extra>"))
+    traces = [dict(type="scatter", x=xs, y=ys, mode="lines", name="train loss (batch)",
+                   line=dict(color=TRAIN_COLOR, width=1), hovertemplate="step %{x}: %{y:.4f}<extra>batch</extra>")]
     for col, name, color in ((1, "train loss (eval)", EVAL_TRAIN_COLOR), (2, "val loss", VAL_COLOR)):
         ex, ey = _finite(evals, col)
-        fig.add_trace(go.Scatter(x=ex, y=ey, mode="lines+markers", name=name, line=dict(color=color, width=2),
-                                 marker=dict(size=6), hovertemplate=f"step %{{x}}: %{{y:.4f}}<extra>{name}</extra>"))
+        traces.append(dict(type="scatter", x=ex, y=ey, mode="lines+markers", name=name,
+                           line=dict(color=color, width=2), marker=dict(size=6),
+                           hovertemplate=f"step %{{x}}: %{{y:.4f}}<extra>{name}</extra>"))
+    yaxis: dict = dict(title=dict(text="loss"))
+    extra = {}
     if vocab_size and vocab_size > 1:
         guess = math.log(vocab_size)
-        fig.add_hline(y=guess, line=dict(color=GUESS_COLOR, dash="dash", width=1.5),
-                      annotation_text=f"random guess ln({vocab_size}) = {guess:.2f}",
-                      annotation_position="top right", annotation_font_color=GUESS_COLOR)
-        fig.update_yaxes(range=[0, guess * 1.12])
+        # what fig.add_hline(y=guess, annotation_position="top right") draws
+        extra = dict(shapes=[dict(type="line", xref="x domain", x0=0, x1=1, yref="y", y0=guess, y1=guess,
+                                  line=dict(color=GUESS_COLOR, dash="dash", width=1.5))],
+                     annotations=[dict(text=f"random guess ln({vocab_size}) = {guess:.2f}", showarrow=False,
+                                       xref="x domain", x=1, xanchor="right", yref="y", y=guess,
+                                       yanchor="bottom", font=dict(color=GUESS_COLOR))])
+        yaxis["range"] = [0, guess * 1.12]
     else:
-        fig.update_yaxes(rangemode="tozero")
-    if total_steps:
-        fig.update_xaxes(range=[0, total_steps])
-    fig.update_yaxes(title="loss")
-    return _layout(fig, title, height=380)
+        yaxis["rangemode"] = "tozero"
+    xaxis = dict(range=[0, total_steps]) if total_steps else None
+    return _figure(traces, title, 380, xaxis=xaxis, yaxis=yaxis, **extra)
 
 
 def lr_curve(lrs: Sequence[Sequence], total_steps: int | None = None, title: str = "Learning rate") -> go.Figure:
     """The learning rate at each step (warmup, then cosine decay)."""
     xs, ys = _finite(lrs, 1)
-    fig = go.Figure(go.Scatter(x=xs, y=ys, mode="lines", name="lr", line=dict(color=EVAL_TRAIN_COLOR, width=2),
-                               hovertemplate="step %{x}: %{y:.2e}<extra></extra>"))
-    fig.update_yaxes(title="lr", exponentformat="e", rangemode="tozero")
-    if total_steps:
-        fig.update_xaxes(range=[0, total_steps])
-    return _layout(fig, title, height=220, legend=False)
+    trace = dict(type="scatter", x=xs, y=ys, mode="lines", name="lr", line=dict(color=EVAL_TRAIN_COLOR, width=2),
+                 hovertemplate="step %{x}: %{y:.2e}<extra></extra>")
+    return _figure([trace], title, 220, legend=False, xaxis=dict(range=[0, total_steps]) if total_steps else None,
+                   yaxis=dict(title=dict(text="lr"), exponentformat="e", rangemode="tozero"))
 
 
 def compare_runs(runs: Sequence[Mapping], title: str = "Val loss by run") -> go.Figure:
     """One line per run: its val loss at each evaluation, or its per-step train loss when it
     has no evaluation yet. runs: [{"name", "evals", "losses"}, ...]."""
-    fig = go.Figure()
+    traces = []
     for i, run in enumerate(runs):
         color = RUN_COLORS[i % len(RUN_COLORS)]
         name = str(run.get("name", f"run {i + 1}"))
@@ -100,15 +102,15 @@ def compare_runs(runs: Sequence[Mapping], title: str = "Val loss by run") -> go.
         if not xs:
             xs, ys = _finite(run.get("losses") or [], 1)
             kind = "train"
-        fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines+markers" if kind == "val" else "lines", name=name,
-                                 line=dict(color=color, width=2, dash="solid" if kind == "val" else "dot"),
-                                 meta=[kind], hovertemplate="%{fullData.name}: %{y:.4f}<extra></extra>"))
-    fig.update_yaxes(title="loss", rangemode="tozero")
-    if not runs:
-        fig.add_annotation(text="pick runs to compare", showarrow=False, xref="paper", yref="paper", x=0.5, y=0.5)
-        fig.update_xaxes(visible=False)
-        fig.update_yaxes(visible=False)
-    return _layout(fig, title, height=340)
+        traces.append(dict(type="scatter", x=xs, y=ys, mode="lines+markers" if kind == "val" else "lines", name=name,
+                           line=dict(color=color, width=2, dash="solid" if kind == "val" else "dot"),
+                           meta=[kind], hovertemplate="%{fullData.name}: %{y:.4f}<extra></extra>"))
+    yaxis = dict(title=dict(text="loss"), rangemode="tozero")
+    if runs:
+        return _figure(traces, title, 340, yaxis=yaxis)
+    return _figure(traces, title, 340, xaxis=dict(visible=False), yaxis=dict(yaxis, visible=False),
+                   annotations=[dict(text="pick runs to compare", showarrow=False, xref="paper", yref="paper",
+                                     x=0.5, y=0.5)])
 
 
 def config_diff(settings: Mapping[str, Mapping]) -> tuple[list[str], list[list[str]]]:
