@@ -231,7 +231,7 @@ def _process_users(url, key, model, n_users, first_user, args, seed, ready, resu
     clients = make_clients(url, n_users)
     ready.wait()
     c0 = resource.getrusage(resource.RUSAGE_SELF)
-    records = user_records(clients, key, checker, args, seed, ENDPOINTS, first_user)
+    records = user_records(clients, key, checker, args, seed, args.endpoints, first_user)
     c1 = resource.getrusage(resource.RUSAGE_SELF)
     results.put((records, c1.ru_utime + c1.ru_stime - c0.ru_utime - c0.ru_stime))
 
@@ -260,7 +260,7 @@ def run_users_in_processes(url: str, key: str, model: Path, args, seed: int) -> 
     wall = time.monotonic() - t0
     for w in workers:
         w.join(30)
-    return {**summarize(records, wall), "clients_cpu_s": round(cpu, 1)}
+    return {**summarize(records, wall, args.endpoints), "clients_cpu_s": round(cpu, 1)}
 
 
 def summarize(records, wall: float, endpoints=ENDPOINTS) -> dict:
@@ -375,13 +375,19 @@ def main(argv=None) -> dict:
     p.add_argument("--client-nice", type=int, default=10,
                    help="niceness of the simulated users (they stand in for remote browsers: the server gets "
                         "the CPU first); 0 to compete equally")
+    p.add_argument("--endpoints", default=",".join(ENDPOINTS),
+                   help="comma-separated subset of the endpoints the users call, e.g. tokenize (for the server's "
+                        "fixed cost per request)")
     p.add_argument("--model", type=Path, default=ROOT / "assets" / "demo")
     p.add_argument("--url", help="use a running server instead of starting one (no training phase)")
     p.add_argument("--server-env", action="append", default=[], metavar="NAME=VALUE",
                    help="an environment variable for the server (repeatable), e.g. GLASSBOX_QUEUE_SIZE=20")
     args = p.parse_args(argv)
+    args.endpoints = tuple(e.strip() for e in args.endpoints.split(",") if e.strip())
+    if not args.endpoints or any(e not in ENDPOINTS for e in args.endpoints):
+        p.error(f"--endpoints: choose from {', '.join(ENDPOINTS)}")
 
-    out: dict = {"bench": "load", "users": args.users, "client_procs": args.procs, "requests_per_user": args.requests, "think_s": args.think,
+    out: dict = {"bench": "load", "endpoints": list(args.endpoints), "users": args.users, "client_procs": args.procs, "requests_per_user": args.requests, "think_s": args.think,
                  "decode_tokens": args.decode_tokens, "cpus": os.cpu_count(),
                  "load_avg_start": [round(x, 2) for x in os.getloadavg()]}
     checker = Checker(args.model, args.decode_tokens)
