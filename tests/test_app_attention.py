@@ -1,22 +1,26 @@
 """The Attention tab end to end: `/attention` through a real server (gradio_client), the
 compare and ablate handlers on a real catalog, the payload budget through the whole view at
-GPT-2's shape, and a real Chromium (type, open a head, go back, no script in a token runs)."""
+GPT-2's shape, the newest render of a session winning (renders run two at a time), and a real
+Chromium (type, open a head, go back, no script in a token runs)."""
 
+import copy
 import json
 import re
 import shutil
+import threading
 
+import gradio as gr
 import numpy as np
 import pytest
 import torch
 
-from app import make_context
+from app import build_app, make_context
 from app.catalog import BUNDLED_KEY
 from app.figures.attention import payload_bytes
 from app.tabs import attention as tab
 from core import checkpoint
 from core.inspect import attention as A
-from tests.conftest import make_model
+from tests.conftest import free_port, make_model
 
 TEXT = "First Citizen: speak, speak. All: speak!"
 XSS_TEXT = "say <script>alert(1)</script> & <img src=x onerror=alert(1)> now"
@@ -31,6 +35,10 @@ def call(client, text, key=BUNDLED_KEY, layer=1, head=2, query=-1, view="grid", 
 def test_attention_endpoint_through_a_real_server(client, tiny_bpe_ckpt):
     api = client.view_api(print_info=False, return_format="dict")
     assert [n for n in api["named_endpoints"] if "attention" in n] == ["/attention"]  # everything else is private
+    params = api["named_endpoints"]["/attention"]["parameters"]  # users' scripts rely on these 8, in this order
+    assert [p["label"] for p in params] == ["Model", "Text", "Layer", "Head", "Query token position (−1 = the last)",
+                                            "Show", "Aggregation", "Colour the grid by"]
+    assert len(api["named_endpoints"]["/attention"]["returns"]) == len(tab.OUTPUT_NAMES)
 
     ck = checkpoint.load(tiny_bpe_ckpt)
     ids = ck.tokenizer.encode(TEXT)
@@ -118,6 +126,144 @@ def _focus(model, ids):
     return z, [f"<t{i}>" for i in ids], f
 
 
+# --- the newest render a session started wins -----------------------------------------------
+
+SKIPS = (gr.skip(),) * 3
+
+
+def _render_in_thread(seen, values, fail=False):
+    """Start a render that holds until released: (started, release, result holder, thread)."""
+    started, release, out = threading.Event(), threading.Event(), {}
+
+    def compute():
+        started.set()
+        assert release.wait(10)
+        if fail:
+            raise ValueError("stale error")
+        return values
+
+    def run():
+        try:
+            out["value"] = seen.newest_only(compute, 3)
+        except ValueError as e:
+            out["error"] = e
+
+    t = threading.Thread(target=run)
+    t.start()
+    assert started.wait(10)
+    return release, out, t
+
+
+def test_an_older_render_that_finishes_last_is_skipped():
+    seen = copy.deepcopy(tab.RenderTickets())  # as Gradio makes each session's State
+    release, typing, t = _render_in_thread(seen, ("grid",) * 3)  # the typing render starts first …
+    assert seen.newest_only(lambda: ("head",) * 3, 3) == ("head",) * 3  # … a head click starts and lands
+    release.set()
+    t.join(10)
+    assert typing["value"] == SKIPS  # … and the stale grid lands last: skipped, it redraws nothing
+
+    # in order, each render keeps its values; a stale render's error is dropped, a current one's raised
+    assert seen.newest_only(lambda: ("a",) * 3, 3) == ("a",) * 3
+    release, failing, t = _render_in_thread(seen, None, fail=True)
+    seen.newest_only(lambda: ("b",) * 3, 3)
+    release.set()
+    t.join(10)
+    assert failing == {"value": SKIPS}
+    with pytest.raises(ValueError, match="current error"):
+        seen.newest_only(lambda: (_ for _ in ()).throw(ValueError("current error")), 3)
+
+
+def test_a_typing_render_of_text_already_shown_is_skipped():
+    """Gradio sends a deferred keystroke's render ~350 ms after the previous one lands, with the
+    view it read before: it must not close a head clicked meanwhile with the same text."""
+    seen = tab.RenderTickets()
+    assert seen.newest_only(lambda: ("grid",) * 3, 3, text="abc", typing=True) == ("grid",) * 3
+    assert seen.newest_only(lambda: ("head",) * 3, 3, text="abc") == ("head",) * 3  # a head click
+    computed = []
+    assert seen.newest_only(lambda: computed.append(1), 3, text="abc", typing=True) == SKIPS and not computed
+    assert seen.is_newest(2)  # it took no ticket: the head click's render is still the newest
+    assert seen.newest_only(lambda: ("new",) * 3, 3, text="abcd", typing=True) == ("new",) * 3  # new text: shown
+    assert seen.newest_only(lambda: ("same",) * 3, 3, text="abcd") == ("same",) * 3  # others always render
+
+
+def test_sessions_do_not_interfere_and_tickets_are_unique_across_threads():
+    default = tab.RenderTickets()
+    mine, theirs = copy.deepcopy(default), copy.deepcopy(default)
+    assert mine is not theirs and mine.take() == 1 and theirs.take() == 1
+    release, slow, t = _render_in_thread(mine, ("mine",) * 3)
+    assert theirs.newest_only(lambda: ("theirs",) * 3, 3) == ("theirs",) * 3  # another session's render
+    release.set()
+    t.join(10)
+    assert slow["value"] == ("mine",) * 3  # does not make mine stale
+
+    taken, lock = [], threading.Lock()
+
+    def take_many():
+        got = [mine.take() for _ in range(2000)]
+        with lock:
+            taken.extend(got)
+
+    threads = [threading.Thread(target=take_many) for _ in range(4)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join(30)
+    assert sorted(taken) == list(range(3, 3 + 8000))  # tickets 1, 2 went above: none lost, none repeated
+    assert mine.is_newest(8002) and not mine.is_newest(8001)
+
+
+def test_every_render_event_takes_a_ticket_and_the_api_always_answers(app_ctx, monkeypatch):
+    """The tab's real handlers: a newer render starting while one computes makes the private
+    renders return skips, never /attention (API callers get the full answer)."""
+    demo = build_app(app_ctx)
+    n = len(tab.OUTPUT_NAMES)
+    renders = [f for f in demo.fns.values() if any(getattr(o, "elem_id", None) == "attn-main" for o in f.outputs)]
+    assert len(renders) == 8  # submit, typing, layer/head, view & co, head click, token click, back, model
+    assert all(len(f.outputs) == n and isinstance(f.inputs[-1], gr.State) for f in renders)  # all take tickets
+    by_name = {f.fn.__name__: f for f in renders}
+    assert {"answer", "live", "render", "clicked", "plot_clicked"} <= set(by_name)
+    assert [f.fn.__name__ for f in renders if f.api_name == "attention"] == ["answer"]
+
+    seen = tab.RenderTickets()
+    real = tab.attention_view
+
+    def newer_render_starts_meanwhile(*a, **k):
+        seen.take()
+        return real(*a, **k)
+
+    monkeypatch.setattr(tab, "attention_view", newer_render_starts_meanwhile)
+    args = (BUNDLED_KEY, TEXT, 1, 2, -1, "grid", "head_mean", "none", seen)
+    full = by_name["answer"].fn(*args)
+    assert len(full) == n and full[0] == "grid" and full[-1]["layer"] == 1  # the API: the full answer
+    for f in renders:
+        if f.fn.__name__ in ("render", "live"):
+            assert f.fn(*args) == (gr.skip(),) * n, f.fn.__name__
+    monkeypatch.setattr(tab, "attention_view", real)
+    assert by_name["live"].fn(*args)[-1]["layer"] == 1  # nothing newer started: its values land
+    head = (*args[:5], "head", *args[6:])
+    assert by_name["plot_clicked"].fn(*head, gr.EventData(None, {"head": "L0 H1"}))[:3] == ("head", 0, 1)
+    assert by_name["live"].fn(*args) == (gr.skip(),) * n  # typing, but the same text: the head stays open
+    assert by_name["live"].fn(args[0], "", *args[2:])[3].startswith("⚠️")  # an empty text is a notice
+
+
+def test_gradio_passes_a_sessions_own_state_object_to_each_call():
+    """What `RenderTickets` relies on: one object per session, the same one on every call, and
+    a State input is not an API parameter."""
+    from gradio_client import Client
+
+    with gr.Blocks() as demo:
+        box, seen, out = gr.Textbox(), gr.State(tab.RenderTickets()), gr.Number()
+        box.submit(lambda _text, s: s.take(), [box, seen], out, api_name="take")
+    demo.launch(server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True, quiet=True)
+    try:
+        one, two = Client(demo.local_url, verbose=False), Client(demo.local_url, verbose=False)
+        assert [one.predict("x", api_name="/take") for _ in range(3)] == [1, 2, 3]
+        assert two.predict("x", api_name="/take") == 1  # another session: its own counter
+        assert len(one.view_api(print_info=False, return_format="dict")["named_endpoints"]["/take"]["parameters"]) == 1
+    finally:
+        demo.close()
+
+
 # --- a real browser -------------------------------------------------------------------------
 
 POINT_JS = """([name, fx, fy]) => {
@@ -167,18 +313,18 @@ def test_browser_type_open_a_head_and_go_back(page, app_url, tiny_bpe_ckpt):
     head_radio = page.get_by_role("radio", name="Selected head, large")
     expect(grid_radio).to_be_checked(timeout=WAIT)
 
-    # a click on a thumbnail opens that head large. Known race: a grid render still in flight from
-    # the typing can land after the head's and redraw the grid; then the tile is clicked again.
-    for attempt in range(3):
-        click_plot(page, "L1 H2")
-        try:
-            expect(page.locator("#attn-main")).to_contain_text("L1 H2 on", timeout=WAIT // 3)
-            expect(head_radio).to_be_checked(timeout=WAIT // 3)
-            break
-        except AssertionError:
-            if attempt == 2:
-                raise
+    # a click on a thumbnail opens that head large, once, even right after a keystroke: the
+    # keystroke's grid render (sent after DEBOUNCE_JS's 350 ms, so after the click's) shows the
+    # same text and is skipped (`RenderTickets`; before it, that grid closed the head again)
+    page.wait_for_timeout(1_000)  # the typing's last renders land: the grid holds still
+    page.locator("#attn-main .js-plotly-plot").scroll_into_view_if_needed()
+    x, y = page.evaluate(POINT_JS, ["L1 H2", 0.2, 0.8])
+    page.keyboard.type(" ")  # the text box still has the focus
+    page.mouse.click(x, y)
+    expect(page.locator("#attn-main")).to_contain_text("L1 H2 on", timeout=WAIT)
     expect(head_radio).to_be_checked(timeout=WAIT)
+    page.wait_for_timeout(1_500)  # time for a stale render to land, if one were let through …
+    expect(head_radio).to_be_checked()  # … it is not: the head stays open
     expect(notice).to_contain_text("head L1 H2", timeout=WAIT)
     expect(page.locator("#attn-main")).to_contain_text(re.compile(r"\d+ <"), timeout=WAIT)  # token labels: text
     expect(page.locator("#attn-strip")).to_contain_text("<", timeout=WAIT)

@@ -15,6 +15,9 @@ statistics rows, equation markdown / plot / rows, vectors, logit lens plot and a
 summary (the numbers: tokens, the query's weights, per-head statistics, the equation, the
 logit lens). Other events are private. Does not own: the numbers
 (`core.inspect.attention`) or the drawing (`app.figures.attention`).
+
+Renders of one browser session may run two at a time and finish out of order; the newest one
+the session started wins (`RenderTickets`), so a stale grid from typing cannot undo a click.
 """
 
 from __future__ import annotations
@@ -55,6 +58,56 @@ class InductionCache:
             with self._lock:
                 self._scores[model] = found
         return found
+
+
+class RenderTickets:
+    """One session's render counter, kept in a `gr.State`: "the newest render started wins".
+
+    Gradio deep-copies the State's default once per session (`__deepcopy__` makes a fresh
+    counter) and then passes that same object to every handler, so a ticket taken in one
+    render is seen by the others; handlers run in worker threads, hence the lock.
+
+    A typing render only exists to show new text: if the newest render started already shows
+    its text, it takes no ticket and is skipped. (Gradio sends a deferred keystroke's render
+    after the previous one lands plus `DEBOUNCE_JS`'s delay, with the view it read before that
+    delay: a head clicked meanwhile must not be closed by a render of the same text.)"""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._newest = 0
+        self._text = None  # the text of the newest render started
+
+    def __deepcopy__(self, memo):
+        return RenderTickets()
+
+    def take(self, text=None, typing=False) -> int | None:
+        """A render of `text` starts: its ticket, newer than every ticket taken before (None
+        for a typing render whose text the newest render already shows)."""
+        with self._lock:
+            if typing and self._newest and text == self._text:
+                return None
+            self._newest += 1
+            self._text = text
+            return self._newest
+
+    def is_newest(self, ticket: int | None) -> bool:
+        with self._lock:
+            return ticket is not None and ticket == self._newest
+
+    def newest_only(self, compute, n: int, text=None, typing=False) -> tuple:
+        """Take a ticket, run `compute()`; if a newer render started meanwhile (or a typing
+        render has no ticket), `gr.skip()` for each of the `n` outputs instead (a stale
+        render's error is dropped the same way)."""
+        ticket = self.take(text, typing)
+        if ticket is None:
+            return (gr.skip(),) * n
+        try:
+            out = compute()
+        except ValueError:
+            if self.is_newest(ticket):
+                raise
+            return (gr.skip(),) * n
+        return out if self.is_newest(ticket) else (gr.skip(),) * n
 
 
 def _load(catalog, key: str, text: str):
@@ -307,46 +360,63 @@ def build(ctx, model_picker: gr.Dropdown) -> None:
 
     bridge = gr.HTML("", js_on_load=CLICK_JS, elem_id="attn-click-bridge", padding=False)
 
+    tickets = gr.State(RenderTickets())  # this session's renders: the newest one started wins
     inputs = [model_picker, text, layer, head, query, view, aggregate, color_by]
     outputs = [view, layer, head, notice, main, query, strip, heads_plot, agg_plot, stats_df, eq_md, eq_plot, eq_table,
                vec_table, lens_plot, data]
     names = ["key", "text", "layer", "head", "query", "view", "aggregate", "color_by"]
 
-    def variant(**fixed):  # the view with some inputs fixed (e.g. query = the last token)
-        return user_errors(lambda *a: as_updates(attention_view(catalog, **{**dict(zip(names, a)), **fixed},
-                                                                induction=induction)))
+    def view_of(a, **fixed):  # the view with some inputs fixed (e.g. query = the last token)
+        return as_updates(attention_view(catalog, **{**dict(zip(names, a)), **fixed}, induction=induction))
+
+    def variant(**fixed):  # each render gets the inputs, then this session's RenderTickets
+        def render(*a):
+            *a, seen = a
+            return seen.newest_only(lambda: view_of(a, **fixed), len(outputs), text=a[1])
+        return user_errors(render)
+
+    # /attention: always the full answer (API callers get no skips); its ticket still makes older
+    # renders of the same session drop theirs. (No docstring: Gradio would publish it as the API's.)
+    def answer(*a):
+        *a, seen = a
+        seen.take(a[1])
+        return view_of(a)
 
     def live(*a):  # while typing, a bad text (e.g. empty) is a notice, not an error toast
+        *a, seen = a
         try:
-            return as_updates(attention_view(catalog, **{**dict(zip(names, a)), "query": -1}, induction=induction))
+            return seen.newest_only(lambda: view_of(a, query=-1), len(outputs), text=a[1], typing=True)
         except ValueError as e:
             return (gr.skip(),) * 3 + (f"⚠️ {md_escape(e)}",) + (gr.skip(),) * (len(outputs) - 4)
 
     # Gradio injects event data only into positional parameters, so these name every input.
-    def clicked(key, text, layer, head, query, view, aggregate, color_by, evt: gr.SelectData):
+    def clicked(key, text, layer, head, query, view, aggregate, color_by, seen, evt: gr.SelectData):
         """A token in the strip becomes the query."""
         q = evt.index if isinstance(evt.index, int) else -1
-        return variant(query=q)(key, text, layer, head, query, view, aggregate, color_by)
+        return variant(query=q)(key, text, layer, head, query, view, aggregate, color_by, seen)
 
-    def plot_clicked(key, text, layer, head, query, view, aggregate, color_by, evt: gr.EventData):
+    def plot_clicked(key, text, layer, head, query, view, aggregate, color_by, seen, evt: gr.EventData):
         """A head in the grid opens it; a click on the large head goes back to the grid."""
         where, l, h = click_target(getattr(evt, "head", "back"))
         return variant(view=where, **({} if l is None else dict(layer=l, head=h)))(
-            key, text, layer, head, query, view, aggregate, color_by)
+            key, text, layer, head, query, view, aggregate, color_by, seen)
 
     heavy = dict(concurrency_limit=2, concurrency_id="attention")
     quiet = dict(api_visibility="private", show_progress="minimal", **heavy)
-    text.submit(variant(), inputs, outputs, api_name="attention", **heavy)
+    # the renders' inputs: the State goes last (DEBOUNCE_JS finds the text at index 1); a State
+    # is not part of the API, so /attention keeps its 8 parameters
+    ins = [*inputs, tickets]
+    text.submit(user_errors(answer), ins, outputs, api_name="attention", **heavy)
     # `.change`, not `.input`: Gradio 6's textbox sends no `input` event for deletions (Backspace)
-    text.change(live, inputs, outputs, trigger_mode="always_last", js=DEBOUNCE_JS, **quiet)
-    gr.on([layer.input, head.input], variant(view="head"), inputs, outputs, **quiet)
-    gr.on([view.input, color_by.input, aggregate.input, query.submit], variant(), inputs, outputs, **quiet)
-    bridge.click(plot_clicked, inputs, outputs, **quiet)
-    strip.select(clicked, inputs, outputs, **quiet)
-    back.click(variant(view="grid"), inputs, outputs, **quiet)
+    text.change(live, ins, outputs, trigger_mode="always_last", js=DEBOUNCE_JS, **quiet)
+    gr.on([layer.input, head.input], variant(view="head"), ins, outputs, **quiet)
+    gr.on([view.input, color_by.input, aggregate.input, query.submit], variant(), ins, outputs, **quiet)
+    bridge.click(plot_clicked, ins, outputs, **quiet)
+    strip.select(clicked, ins, outputs, **quiet)
+    back.click(variant(view="grid"), ins, outputs, **quiet)
     model_picker.change(user_errors(functools.partial(model_controls, catalog)), model_picker,
                         [layer, head, ablate_heads, other], api_visibility="private").success(
-        variant(layer=0, head=0, query=-1), inputs, outputs, **quiet)
+        variant(layer=0, head=0, query=-1), ins, outputs, **quiet)
     compare_btn.click(user_errors(functools.partial(compare_view, catalog)),
                       [model_picker, other, text, layer, head], [cmp_md, cmp_grid, cmp_pair], **quiet)
     ablate_btn.click(user_errors(functools.partial(ablate_view, catalog)),
