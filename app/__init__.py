@@ -10,6 +10,6 @@ Owns the page (`app.ui`), the shared context and model catalog (`app.context`,
 """
 
 from app.context import AppContext, make_context
-from app.ui import build_app, launch_kwargs
+from app.ui import build_app, launch_kwargs, tune_for_serving
 
-__all__ = ["AppContext", "build_app", "launch_kwargs", "make_context"]
+__all__ = ["AppContext", "build_app", "launch_kwargs", "make_context", "tune_for_serving"]

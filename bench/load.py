@@ -171,10 +171,18 @@ def call(client, key: str, endpoint: str, text: str, decode_tokens: int, seed: i
 
 
 def make_clients(url: str, n: int) -> list:
+    """`n` clients, each with its session open: one /models call, as a browser's page load
+    opens the session before its person clicks anything (Gradio builds a session's state on
+    its first event, about 30 ms of server time for this page). Not timed."""
     from gradio_client import Client
 
+    def open_one(_):
+        client = Client(url, verbose=False)
+        client.predict(api_name="/models")
+        return client
+
     with ThreadPoolExecutor(max_workers=min(n, 8)) as pool:
-        return list(pool.map(lambda _: Client(url, verbose=False), range(n)))
+        return list(pool.map(open_one, range(n)))
 
 
 def user_records(clients: list, key: str, checker: Checker, args, seed: int, endpoints=ENDPOINTS,
@@ -236,9 +244,10 @@ def _process_users(url, key, model, n_users, first_user, args, seed, ready, resu
     results.put((records, c1.ru_utime + c1.ru_stime - c0.ru_utime - c0.ru_stime))
 
 
-def run_users_in_processes(url: str, key: str, model: Path, args, seed: int) -> dict:
+def run_users_in_processes(url: str, key: str, model: Path, args, seed: int, server_pid: int | None = None) -> dict:
     """The users split over `args.procs` processes (threads within each), so the clients' own
-    Python work does not queue behind one GIL and inflate the latencies they measure."""
+    Python work does not queue behind one GIL and inflate the latencies they measure. With
+    `server_pid`, also the server's CPU time per request over the timed part."""
     import multiprocessing as mp
 
     ctx = mp.get_context("spawn")
@@ -252,15 +261,20 @@ def run_users_in_processes(url: str, key: str, model: Path, args, seed: int) -> 
         w.start()
     ready.wait(timeout=300)
     t0 = time.monotonic()
+    s0 = cpu_seconds(server_pid) if server_pid else None
     records, cpu = [], 0.0
     for _ in workers:
         recs, c = results.get(timeout=args.duration + 300)
         records += recs
         cpu += c
     wall = time.monotonic() - t0
+    s1 = cpu_seconds(server_pid) if server_pid else None
     for w in workers:
         w.join(30)
-    return {**summarize(records, wall, args.endpoints), "clients_cpu_s": round(cpu, 1)}
+    out = {**summarize(records, wall, args.endpoints), "clients_cpu_s": round(cpu, 1)}
+    if s0 is not None and s1 is not None and records:
+        out["server_cpu_ms_per_request"] = round((s1 - s0) * 1000 / len(records), 1)
+    return out
 
 
 def summarize(records, wall: float, endpoints=ENDPOINTS) -> dict:
@@ -411,11 +425,8 @@ def main(argv=None) -> dict:
                 checker.greedy(text)
             for ep in ENDPOINTS:
                 call(clients[0], key, ep, TEXTS[0], args.decode_tokens, 0)
-            s0 = cpu_seconds(proc.pid) if proc else None
-            out["idle"] = run_users_in_processes(url, key, args.model, args, seed=1)
-            s1 = cpu_seconds(proc.pid) if proc else None
-            if s0 is not None and s1 is not None and out["idle"]["requests"]:
-                out["idle"]["server_cpu_ms_per_request"] = round((s1 - s0) * 1000 / out["idle"]["requests"], 1)
+            out["idle"] = run_users_in_processes(url, key, args.model, args, seed=1,
+                                                 server_pid=proc.pid if proc else None)
             if args.no_train or args.url:
                 out["train"] = {"skipped": "--no-train" if args.no_train else "--url given"}
             else:

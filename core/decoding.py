@@ -161,7 +161,7 @@ class Column:
         self.beam: BeamSearch | None = None
         if method.kind == "beam":
             self.beam = BeamSearch(model, ids, max_new_tokens, num_beams=method.num_beams,
-                                   length_penalty=method.length_penalty, eot_id=eot_id, top=top)
+                                   length_penalty=method.length_penalty, eot_id=eot_id, top=max(top, 1))
             self._it = self.beam.run()
         else:
             self._it = steps(model, ids, max_new_tokens, method.sampling(), seed=seed, eot_id=eot_id, top=top)

@@ -217,6 +217,15 @@ def _trace_step(index: int, raw: torch.Tensor, penalised: torch.Tensor | None, s
     )
 
 
+def _chosen_step(index: int, raw: torch.Tensor, nxt: int, sampled_prob: float) -> Step:
+    """A `Step` without candidates or stages: the chosen token's numbers under the model."""
+    logp = F.log_softmax(raw.float(), dim=-1)
+    lp = logp[nxt]
+    h = -(logp.exp() * logp).nan_to_num(0.0).sum()  # nats; 0·log 0 counts as 0
+    return Step(index=index, token=nxt, prob=float(lp.exp()), logprob=float(lp), rank=int((logp > lp).sum()) + 1,
+                sampled_prob=sampled_prob, entropy=float(h.clamp_min(0.0)) / LN2)
+
+
 # --------------------------------------------------------------------------------------
 # The decoding loop
 
@@ -237,8 +246,9 @@ def check_prompt(model: GPT, ids: list[int], max_new_tokens: int) -> None:
 # autograd switched off.
 @torch.inference_mode()
 def _loop(model: GPT, ids: list[int], max_new_tokens: int, s: Sampling, seed: int | None,
-          eot_id: int | None, use_cache: bool, top: int) -> Iterator:
-    """Yield ints (top == 0) or `Step`s (top > 0). Uses the KV cache while the text fits the
+          eot_id: int | None, use_cache: bool, top: int | None) -> Iterator:
+    """Yield ints (top None) or `Step`s (top 0: the chosen token's numbers only; top > 0: with
+    `top` candidates and every filter's cut). Uses the KV cache while the text fits the
     block; beyond it, the context slides (recomputing the last block_size tokens)."""
     check_prompt(model, ids, max_new_tokens)
     model.eval()
@@ -267,16 +277,20 @@ def _loop(model: GPT, ids: list[int], max_new_tokens: int, s: Sampling, seed: in
             logits, _ = model(torch.tensor([ctx[-block:]], device=device))
         raw = logits[:, -1, :]  # (1, V)
         penalised = raw if seen is None else apply_repetition_penalty(raw, seen, s.repetition_penalty)
-        filtered = None
-        if top and not s.is_greedy:  # filter once, for the pick and the trace (as `pick` does)
+        filtered, probs = None, None
+        if top is not None and not s.is_greedy:  # filter once, for the pick and the trace (as `pick` does)
             filtered = filter_stages(penalised, s)
             final = filtered[-1][1] if filtered else penalised.float()
-            nxt = int(torch.multinomial(F.softmax(final, dim=-1), 1, generator=gen)[0, 0])
+            probs = F.softmax(final, dim=-1)
+            nxt = int(torch.multinomial(probs, 1, generator=gen)[0, 0])
         else:
             nxt = int(pick(penalised, s, gen)[0])
-        if top:
-            step = _trace_step(i, raw[0], None if seen is None else penalised[0], s, nxt, top,
-                               None if filtered is None else [(name, lg[0]) for name, lg in filtered])
+        if top is not None:
+            if top:
+                step = _trace_step(i, raw[0], None if seen is None else penalised[0], s, nxt, top,
+                                   None if filtered is None else [(name, lg[0]) for name, lg in filtered])
+            else:
+                step = _chosen_step(i, raw[0], nxt, 1.0 if probs is None else float(probs[0, nxt]))
             step.dt = clock() - t0
             elapsed += step.dt
             step.t = elapsed
@@ -294,16 +308,17 @@ def _loop(model: GPT, ids: list[int], max_new_tokens: int, s: Sampling, seed: in
 def stream(model: GPT, ids: list[int], max_new_tokens: int, sampling: Sampling = Sampling(),
            seed: int | None = None, eot_id: int | None = None, use_cache: bool = True) -> Iterator[int]:
     """Yield new token ids one at a time (stops after `eot_id` or `max_new_tokens`)."""
-    yield from _loop(model, ids, max_new_tokens, sampling, seed, eot_id, use_cache, 0)
+    yield from _loop(model, ids, max_new_tokens, sampling, seed, eot_id, use_cache, None)
 
 
 def steps(model: GPT, ids: list[int], max_new_tokens: int, sampling: Sampling = Sampling(),
           seed: int | None = None, eot_id: int | None = None, use_cache: bool = True,
           top: int = 10) -> Iterator[Step]:
-    """Like `stream`, but yield a traced `Step` per token (`top` candidates recorded).
-    The same seed gives the same tokens as `stream`."""
-    if not 1 <= top <= 100:
-        raise ValueError(f"top={top} candidates must be between 1 and 100")
+    """Like `stream`, but yield a traced `Step` per token (`top` candidates recorded; with
+    top=0 only the chosen token's probability, log-probability, rank and the entropy, which
+    is several times cheaper). The same seed gives the same tokens as `stream`."""
+    if not 0 <= top <= 100:
+        raise ValueError(f"top={top} candidates must be between 0 and 100")
     yield from _loop(model, ids, max_new_tokens, sampling, seed, eot_id, use_cache, top)
 
 

@@ -163,3 +163,18 @@ def test_a_half_consumed_stream_leaves_autograd_on(char_tokenizer):
         del gen
     w = torch.ones(2, requires_grad=True)
     assert (w * 2).sum().requires_grad
+
+
+@pytest.mark.parametrize("s", [Sampling(greedy=True), Sampling(temperature=0.9, top_k=5, top_p=0.8),
+                               Sampling(temperature=1.2, min_p=0.05, repetition_penalty=1.3)])
+def test_untraced_steps_carry_the_chosen_tokens_numbers(model, s):
+    """top=0 (the API without traces) skips candidates and stages, but the tokens and the
+    chosen token's numbers are the full trace's."""
+    full = list(steps(model, [3, 4], 12, s, seed=5, top=8))
+    light = list(steps(model, [3, 4], 12, s, seed=5, top=0))
+    assert [t.token for t in light] == [t.token for t in full] == list(stream(model, [3, 4], 12, s, seed=5))
+    for a, b in zip(light, full):
+        assert a.candidates == [] and a.stages == {}
+        assert (a.rank, a.index) == (b.rank, b.index)
+        for f in ("prob", "logprob", "entropy", "sampled_prob"):
+            assert getattr(a, f) == pytest.approx(getattr(b, f), abs=1e-5), f

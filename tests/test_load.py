@@ -98,6 +98,31 @@ def test_queue_settings_come_from_the_environment(app_ctx, monkeypatch):
         queue_settings()
 
 
+def test_serving_settings_come_from_the_environment(monkeypatch):
+    import sys
+
+    import torch
+
+    from app import tune_for_serving
+
+    threads, interval = torch.get_num_threads(), sys.getswitchinterval()
+    try:
+        monkeypatch.delenv("GLASSBOX_TORCH_THREADS", raising=False)
+        monkeypatch.delenv("GLASSBOX_SWITCH_INTERVAL_MS", raising=False)
+        assert tune_for_serving() == {"torch_threads": 1, "switch_interval_ms": 2}
+        assert torch.get_num_threads() == 1 and sys.getswitchinterval() == pytest.approx(0.002)
+        monkeypatch.setenv("GLASSBOX_TORCH_THREADS", "2")
+        monkeypatch.setenv("GLASSBOX_SWITCH_INTERVAL_MS", "5")
+        assert tune_for_serving() == {"torch_threads": 2, "switch_interval_ms": 5}
+        assert torch.get_num_threads() == 2 and sys.getswitchinterval() == pytest.approx(0.005)
+        monkeypatch.setenv("GLASSBOX_TORCH_THREADS", "two")
+        with pytest.raises(ValueError, match="GLASSBOX_TORCH_THREADS"):
+            tune_for_serving()
+    finally:
+        torch.set_num_threads(threads)
+        sys.setswitchinterval(interval)
+
+
 def test_a_full_queue_says_try_again_and_the_server_keeps_serving(tmp_path, tiny_bpe_ckpt, monkeypatch):
     """A burst of slow requests with room for one waiting event: the rest are refused with
     gradio_client's "Queue is full! Please try again.", and the server answers afterwards."""

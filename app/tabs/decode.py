@@ -79,9 +79,11 @@ def prepare(catalog, key, prompt: str, columns, max_new_tokens):
     return ck, ids, methods, n
 
 
-def start(ck, ids, methods, n, seed) -> list[D.Column]:
+def start(ck, ids, methods, n, seed, top: int = 10) -> list[D.Column]:
+    """The columns, not yet run; `top` candidates per step are traced (0: only the chosen
+    token's numbers, for answers that carry no per-step traces)."""
     seed = D.check_seed(seed)
-    return [D.Column(ck.model, ids, m, n, seed=seed, eot_id=ck.tokenizer.eot_id) for m in methods]
+    return [D.Column(ck.model, ids, m, n, seed=seed, eot_id=ck.tokenizer.eot_id, top=top) for m in methods]
 
 
 def advance_all(cols: list[D.Column]):
@@ -116,7 +118,7 @@ def decode(catalog, model: str, prompt: str, columns: list[dict], max_new_tokens
            trace: bool = False) -> dict:
     """Run every column to the end; a JSON-friendly dict (with per-step traces if `trace`)."""
     ck, ids, methods, n = prepare(catalog, model, prompt, columns, max_new_tokens)
-    cols = start(ck, ids, methods, n, seed)
+    cols = start(ck, ids, methods, n, seed, top=10 if trace else 0)
     for _ in advance_all(cols):
         pass
     return {"model": model, "prompt_tokens": len(ids), "seed": int(seed), "max_new_tokens": n,
