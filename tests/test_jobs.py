@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 import zipfile
+from pathlib import Path
 
 import pytest
 import torch
@@ -93,6 +95,11 @@ def test_run_learns_writes_loadable_checkpoints_and_survives_restart(jm, tmp_pat
 def test_busy_stop_resume_zip(jm, tmp_path):
     jm.start({**TINY, "steps": 5000, "eval_interval": 10, "name": "long"})
     st = wait(jm, "long", lambda s: s["step"] >= 15 and s["evals"])
+    pid = jm._jobs["long"].proc.pid  # the run yields the CPU to the server: niced, and so is its
+    assert os.getpriority(os.PRIO_PROCESS, pid) >= os.getpriority(os.PRIO_PROCESS, 0) + jm.nice
+    autogroup = Path(f"/proc/{pid}/autogroup")  # scheduling group (Linux with autogroups only)
+    if autogroup.exists():
+        assert autogroup.read_text().split()[-1] == str(jm.nice)
     with pytest.raises(JobBusy, match="'long'"):
         jm.start({**TINY, "steps": 10, "name": "second"})
     assert not (tmp_path / "runs" / "second").exists()
