@@ -176,9 +176,20 @@ class Step:
 
 
 def entropy_bits(logits: torch.Tensor) -> float:
-    logp = F.log_softmax(logits.float(), dim=-1)
+    return _entropy_bits(F.log_softmax(logits.float(), dim=-1))
+
+
+def _entropy_bits(logp: torch.Tensor) -> float:
     h = -(logp.exp() * logp).nan_to_num(0.0).sum(dim=-1)  # nats; 0·log 0 counts as 0
     return float(h.clamp_min(0.0)) / LN2
+
+
+def _chosen_step(index: int, raw: torch.Tensor, nxt: int, sampled_prob: float) -> Step:
+    """A `Step` without candidates or stages: the chosen token's numbers under the model."""
+    logp = F.log_softmax(raw.float(), dim=-1)
+    lp = logp[nxt]
+    return Step(index=index, token=nxt, prob=float(lp.exp()), logprob=float(lp), rank=int((logp > lp).sum()) + 1,
+                sampled_prob=sampled_prob, entropy=_entropy_bits(logp))
 
 
 def _trace_step(index: int, raw: torch.Tensor, penalised: torch.Tensor | None, s: Sampling, nxt: int,
@@ -187,7 +198,6 @@ def _trace_step(index: int, raw: torch.Tensor, penalised: torch.Tensor | None, s
     repetition penalty is on) and the token chosen from it. `filtered`: the (V,) logits after
     each filter (`filter_stages`), if the caller already has them."""
     rawf = raw.float()
-    logp = F.log_softmax(rawf, dim=-1)
     stages = [("model", rawf)]
     base = rawf
     if penalised is not None:
@@ -206,24 +216,11 @@ def _trace_step(index: int, raw: torch.Tensor, penalised: torch.Tensor | None, s
     probs = F.softmax(every, dim=-1)
     at_cand = probs[:, torch.tensor(cand)].tolist()
     kept = torch.isfinite(every).sum(dim=-1).tolist()
-    lp = logp[nxt]
-    h = -(logp.exp() * logp).nan_to_num(0.0).sum()  # nats; 0·log 0 counts as 0
-    return Step(
-        index=index, token=nxt, prob=float(lp.exp()), logprob=float(lp),
-        rank=int((logp > lp).sum()) + 1, sampled_prob=float(probs[-1, nxt]),
-        entropy=float(h.clamp_min(0.0)) / LN2, candidates=cand,
-        stages={name: [round(x, 6) for x in row] for (name, _), row in zip(stages, at_cand)},
-        kept={name: int(k) for (name, _), k in zip(stages, kept)},
-    )
-
-
-def _chosen_step(index: int, raw: torch.Tensor, nxt: int, sampled_prob: float) -> Step:
-    """A `Step` without candidates or stages: the chosen token's numbers under the model."""
-    logp = F.log_softmax(raw.float(), dim=-1)
-    lp = logp[nxt]
-    h = -(logp.exp() * logp).nan_to_num(0.0).sum()  # nats; 0·log 0 counts as 0
-    return Step(index=index, token=nxt, prob=float(lp.exp()), logprob=float(lp), rank=int((logp > lp).sum()) + 1,
-                sampled_prob=sampled_prob, entropy=float(h.clamp_min(0.0)) / LN2)
+    step = _chosen_step(index, rawf, nxt, float(probs[-1, nxt]))
+    step.candidates = cand
+    step.stages = {name: [round(x, 6) for x in row] for (name, _), row in zip(stages, at_cand)}
+    step.kept = {name: int(k) for (name, _), k in zip(stages, kept)}
+    return step
 
 
 # --------------------------------------------------------------------------------------

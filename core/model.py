@@ -124,12 +124,8 @@ def _fast_copy(w: torch.Tensor, kind: str) -> torch.Tensor | None:
     return copy
 
 
-def _has_fast_copy(w: torch.Tensor) -> bool:
-    entry = _FAST.get(id(w))
-    return entry is not None and entry[0]() is w and bool(entry[2])
-
-
 def _fast_kinds(w: torch.Tensor) -> set[str]:
+    """Which fast copies of `w` exist ("onednn", "t"); empty if none."""
     entry = _FAST.get(id(w))
     return set(entry[2]) if entry is not None and entry[0]() is w else set()
 

@@ -122,7 +122,7 @@ def test_decode_fast_path_equals_plain_path(model, monkeypatch, min_work):
     full, _ = model(idx)
     with torch.no_grad():
         fast = _decode_logits(model, idx, chunks)
-        assert any(M._has_fast_copy(p) for p in model.parameters())  # the copies were built
+        assert any(M._fast_kinds(p) for p in model.parameters())  # the copies were built
         model.decode_weight_cache = False
         try:
             plain = _decode_logits(model, idx, chunks)
@@ -144,9 +144,9 @@ def test_decode_fast_path_equals_plain_path(model, monkeypatch, min_work):
         assert torch.allclose(model.unembed(tr["blocks.0.resid_post"]), lens_ref, atol=1e-5)
     # with grad on, or in training mode, the copies are neither built nor used
     model.clear_decode_cache()
-    assert not any(M._has_fast_copy(p) for p in model.parameters())
+    assert not any(M._fast_kinds(p) for p in model.parameters())
     _decode_logits(model, idx, chunks)
-    assert not any(M._has_fast_copy(p) for p in model.parameters())
+    assert not any(M._fast_kinds(p) for p in model.parameters())
 
 
 @pytest.mark.parametrize("min_work", [0, None], ids=["onednn", "by-size"])
@@ -187,7 +187,7 @@ def test_decode_fast_path_with_inference_tensors():
         full, _ = m(idx)
         fast = _decode_logits(m, idx, [3] + [1] * 7)
     assert torch.allclose(fast, full, atol=1e-5)
-    assert not any(M._has_fast_copy(p) for p in m.parameters())
+    assert not any(M._fast_kinds(p) for p in m.parameters())
 
 
 def test_last_only_logits(model):
@@ -231,7 +231,7 @@ def test_fast_copies_go_with_their_weights():
     m = GPT(GPTConfig(vocab_size=50, block_size=16, n_layer=1, n_head=2, n_embd=16)).eval()
     with torch.no_grad():
         m(torch.randint(0, 50, (1, 4)), kv_cache=m.new_kv_cache(1))
-    ids = [id(p) for p in m.parameters() if M._has_fast_copy(p)]
+    ids = [id(p) for p in m.parameters() if M._fast_kinds(p)]
     assert ids
     del m
     gc.collect()
