@@ -54,8 +54,7 @@ def test_tokenize_endpoint_on_hard_text(client, bpe_ck):
     assert names == list(tab.ROW_NAMES)
     char_row = compare["data"][1]
     assert char_row[2] == f"{len(HARD):,}"  # one token per code point
-    assert len(rows) == 4 and rows[0]["label"] == f"this model's · {len(d['ids']):,} tokens"
-    assert [s["token"] for s in rows[0]["value"]] == shown
+    assert len(rows) == 4 and [s["token"] for s in rows[0]] == shown  # values, not component updates
     gpt2 = d["compare"][3]
     assert gpt2["available"] or "unavailable" in gpt2["note"]
 

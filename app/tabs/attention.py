@@ -187,7 +187,9 @@ DEBOUNCE_JS = """(...args) => new Promise((done) => setTimeout(() => {
 def as_updates(r: dict) -> tuple:
     """A view as the values of the tab's output components, in OUTPUT_NAMES order."""
     headers, rows = r["vectors"]
-    special = {"vectors": gr.Dataframe(rows, headers=headers)}
+    # a value with its headers, not a gr.Dataframe: a returned component makes Gradio rebuild it,
+    # its config and its API schema on every render
+    special = {"vectors": {"headers": headers or [], "data": rows or []}}
     return tuple(special.get(n, r.get(n)) for n in OUTPUT_NAMES)
 
 

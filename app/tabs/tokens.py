@@ -140,9 +140,8 @@ def render(d: dict):
         rc = r["counts"] or {}
         rows.append([r["name"], _num(r["vocab_size"], ","), _num(rc.get("tokens"), ","),
                      _num(rc.get("chars_per_token")), _num(rc.get("tokens_per_word")), r["note"]])
-        label = f"{r['name']} · {rc['tokens']:,} tokens" if r["available"] else f"{r['name']} · {r['note']}"
         cmp_values.append((_spans(r["shown"], [str(i % len(PALETTE)) for i in range(len(r["shown"]))],
-                                  r.get("n_spans", 0)), label))
+                                  r.get("n_spans", 0)), r["name"]))
     return spans, "\n".join(lines), "[" + ", ".join(map(str, d["ids"])) + "]", rows, cmp_values
 
 
@@ -265,7 +264,9 @@ def build(ctx, model_picker: gr.Dropdown) -> None:
     def tokenize(key, txt, colour_by, lab):
         d = analyze(ctx, key, txt, colour_by, lab)
         *shown, rows = render(d)
-        return (d, d, *shown, *(gr.HighlightedText(v, label=label) for v, label in rows))
+        # values only: a returned component (to change its label) makes Gradio rebuild it and its
+        # config and API schema on every keystroke; the counts are in the table above the rows
+        return (d, d, *shown, *(v for v, _ in rows))
 
     gr.on([text.change, model_picker.change, colour.change, lab_state.change], tokenize,
           [model_picker, text, colour, lab_state], [data_json, data_state, spans, counts, ids, compare, *cmp_rows],
