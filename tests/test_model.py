@@ -236,3 +236,32 @@ def test_fast_copies_go_with_their_weights():
     del m
     gc.collect()
     assert not any(i in M._FAST for i in ids)
+
+
+@pytest.mark.parametrize("min_work", [0, None], ids=["onednn", "by-size"])
+def test_one_token_step_equals_the_modules_bit_for_bit(model, monkeypatch, min_work):
+    """A one-token cached step on the fast path skips the module calls (`GPT._decode_one`): the
+    logits and the cache are the same bits as the blocks' own forwards, which it falls back to
+    when any module has a hook (and the hook fires)."""
+    from core import model as M
+
+    if min_work is not None:
+        monkeypatch.setattr(M, "ONEDNN_MIN_WORK", min_work)
+    calls = []
+    idx = torch.randint(0, 50, (3, 10))
+    with torch.no_grad():
+        lean_cache, hooked_cache = model.new_kv_cache(3), model.new_kv_cache(3)
+        model(idx[:, :9], kv_cache=lean_cache)
+        model(idx[:, :9], kv_cache=hooked_cache)
+        assert model._plain()
+        lean, _ = model(idx[:, 9:], kv_cache=lean_cache)
+        handle = model.transformer.h[1].mlp.register_forward_hook(lambda *a: calls.append(1))
+        try:
+            assert not model._plain()
+            hooked, _ = model(idx[:, 9:], kv_cache=hooked_cache)
+        finally:
+            handle.remove()
+    assert calls == [1]  # the hooked model ran its modules
+    assert torch.equal(lean, hooked) and lean.shape == (3, 1, 50)
+    assert torch.equal(lean_cache.k, hooked_cache.k) and torch.equal(lean_cache.v, hooked_cache.v)
+    assert lean_cache.pos == hooked_cache.pos == 10
