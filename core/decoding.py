@@ -15,8 +15,10 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, field, fields
 
+from collections import deque
+
 from .beam import BeamSearch
-from .generate import Sampling, Step, steps
+from .generate import Sampling, Step, _loop_rows, steps
 from .model import GPT
 
 METHODS = ("greedy", "sample", "top_k", "top_p", "min_p", "beam")
@@ -152,18 +154,19 @@ class Column:
     tree at the end), `times` the run's own compute time at each token."""
 
     def __init__(self, model: GPT, ids: list[int], method: Method, max_new_tokens: int, *,
-                 seed: int | None = 0, eot_id: int | None = None, top: int = 10):
+                 seed: int | None = 0, eot_id: int | None = None, top: int = 10, _row=None):
         self.model, self.method, self.max_new = model, method, max_new_tokens
         self.tokens: list[int] = []
         self.trace: list[Step] = []
         self.times: list[float] = []
         self.done = False
         self.beam: BeamSearch | None = None
+        self._row = _row  # (_Rows, index) when it shares its forwards with other columns (`columns`)
         if method.kind == "beam":
             self.beam = BeamSearch(model, ids, max_new_tokens, num_beams=method.num_beams,
                                    length_penalty=method.length_penalty, eot_id=eot_id, top=max(top, 1))
             self._it = self.beam.run()
-        else:
+        elif _row is None:
             self._it = steps(model, ids, max_new_tokens, method.sampling(), seed=seed, eot_id=eot_id, top=top)
         self._beam_t = 0.0
 
@@ -172,7 +175,7 @@ class Column:
         if self.done:
             return False
         try:
-            ev = next(self._it)
+            ev = next(self._it) if self._row is None else self._row[0].next(self._row[1])
         except StopIteration:
             self._finish()
             return False
@@ -216,6 +219,51 @@ class Column:
 
     def metrics(self) -> dict:
         return metrics(self.tokens, [s.logprob for s in self.trace], self.times)
+
+
+class _Rows:
+    """The steps of several sampling columns, decoded together as the rows of one batch
+    (`core.generate._loop_rows`); each column takes its own row's steps, in order."""
+
+    def __init__(self, model: GPT, ids: list[int], methods: list[Method], max_new_tokens: int,
+                 seeds: list[int | None], eot_id: int | None, top: int):
+        if not 0 <= top <= 100:
+            raise ValueError(f"top={top} candidates must be between 0 and 100")
+        self._it = _loop_rows(model, ids, max_new_tokens, [m.sampling() for m in methods], seeds, eot_id, True, top)
+        self._queues: list[deque] = [deque() for _ in methods]
+
+    def next(self, row: int) -> Step:
+        """The row's next step (runs the batch one step when the row has none waiting);
+        StopIteration once the row has ended."""
+        q = self._queues[row]
+        while not q:
+            out = next(self._it)  # StopIteration: every row has ended
+            for queue, item in zip(self._queues, out):
+                queue.append(item)
+        item = q.popleft()
+        if item is None:  # this row stopped (end of text); the others go on
+            q.appendleft(None)
+            raise StopIteration
+        return item
+
+
+def columns(model: GPT, ids: list[int], methods: list[Method], max_new_tokens: int, *,
+            seeds: list[int | None], eot_id: int | None = None, top: int = 10) -> list[Column]:
+    """Columns on one prompt, not yet run, one per method (`seeds[i]` seeds column i). The ones
+    that sample (every kind but beam search) are decoded together: one batched forward per step
+    for all of them, which reads the model's weights once rather than once per column. A column
+    picks exactly as it would alone; its logits come from a batch, so they agree with a lone
+    run's to float rounding (bit for bit on the CPUs we test), and its step times include the
+    shared forward."""
+    if len(seeds) != len(methods):
+        raise ValueError(f"give one seed per method (got {len(seeds)} seeds for {len(methods)} methods)")
+    rows = [i for i, m in enumerate(methods) if m.kind != "beam"]
+    shared = None
+    if len(rows) > 1:
+        shared = _Rows(model, ids, [methods[i] for i in rows], max_new_tokens, [seeds[i] for i in rows], eot_id, top)
+    return [Column(model, ids, m, max_new_tokens, seed=seeds[i], eot_id=eot_id, top=top,
+                   _row=(shared, rows.index(i)) if shared is not None and i in rows else None)
+            for i, m in enumerate(methods)]
 
 
 # --------------------------------------------------------------------------------------
@@ -273,7 +321,9 @@ def sample_n(model: GPT, ids: list[int], method: Method, n: int, max_new_tokens:
     samples, how many are unique, mean perplexity and mean per-sample distinct-2."""
     if not 1 <= n <= MAX_SAMPLES:
         raise ValueError(f"n={n} samples must be between 1 and {MAX_SAMPLES}")
-    cols = [Column(model, ids, method, max_new_tokens, seed=seed + i, eot_id=eot_id, top=1).run() for i in range(n)]
+    cols = columns(model, ids, [method] * n, max_new_tokens, seeds=[seed + i for i in range(n)], eot_id=eot_id, top=1)
+    for c in cols:
+        c.run()
     texts = [c.tokens for c in cols]
     per = [c.metrics() for c in cols]
     lps = [s.logprob for c in cols for s in c.trace]

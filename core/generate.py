@@ -242,64 +242,110 @@ def check_prompt(model: GPT, ids: list[int], max_new_tokens: int) -> None:
 # leaves it at each yield, so a half-consumed generator never leaves the caller's thread with
 # autograd switched off.
 @torch.inference_mode()
-def _loop(model: GPT, ids: list[int], max_new_tokens: int, s: Sampling, seed: int | None,
-          eot_id: int | None, use_cache: bool, top: int | None) -> Iterator:
-    """Yield ints (top None) or `Step`s (top 0: the chosen token's numbers only; top > 0: with
-    `top` candidates and every filter's cut). Uses the KV cache while the text fits the
-    block; beyond it, the context slides (recomputing the last block_size tokens)."""
+def _loop_rows(model: GPT, ids: list[int], max_new_tokens: int, samplings: list[Sampling],
+               seeds: list[int | None], eot_id: int | None, use_cache: bool, top: int | None) -> Iterator[list]:
+    """Decode one prompt several ways at once: row r samples with `samplings[r]` from its own
+    generator (`seeds[r]`) and stops at its own end-of-text. Each step yields one item per row:
+    an int (top None) or a `Step` (top 0: the chosen token's numbers only; top > 0: with `top`
+    candidates and every filter's cut), or None once that row has stopped. Uses the KV cache
+    while the text fits the block; beyond it, the context slides (recomputing the last
+    block_size tokens).
+
+    The rows share one forward per step, a batch of one new token each (reading the weights
+    once, not once per row). The prompt is run once and its keys and values copied to every
+    row, and everything after the forward is done row by row on (1, V) slices with the row's
+    own generator, so a row picks what it would pick alone; its logits are computed in a
+    batch and so agree with a lone run's to float rounding (bit for bit on the CPUs we test).
+    A row's `Step.dt` is the shared forward plus its own pick."""
     check_prompt(model, ids, max_new_tokens)
+    B = len(samplings)
+    if B < 1 or len(seeds) != B:
+        raise ValueError(f"give one seed per sampling (got {len(seeds)} seeds for {B} samplings)")
     model.eval()
     device = model.transformer.wte.weight.device
-    gen = None
-    if seed is not None:
-        gen = torch.Generator(device=device)
-        gen.manual_seed(seed)
+    gens: list[torch.Generator | None] = []
+    for seed in seeds:
+        gen = None
+        if seed is not None:
+            gen = torch.Generator(device=device)
+            gen.manual_seed(seed)
+        gens.append(gen)
     block = model.config.block_size
-    ctx = list(ids[-block:])
-    seen = None
-    if s.repetition_penalty != 1.0:  # the penalty sees the whole prompt, as Hugging Face's does
-        seen = torch.zeros(model.config.vocab_size, dtype=torch.bool, device=device)
-        seen[torch.tensor(ids, device=device)] = True
+    ctxs = [list(ids[-block:]) for _ in range(B)]
+    seens: list[torch.Tensor | None] = []
+    for s in samplings:
+        seen = None
+        if s.repetition_penalty != 1.0:  # the penalty sees the whole prompt, as Hugging Face's does
+            seen = torch.zeros(model.config.vocab_size, dtype=torch.bool, device=device)
+            seen[torch.tensor(ids, device=device)] = True
+        seens.append(seen)
     # a cache just long enough (up to the block): less memory to allocate and zero per call
-    cache = model.new_kv_cache(1, min(block, len(ctx) + max(max_new_tokens, 1))) if use_cache else None
-    pending = ctx  # tokens not yet fed to the cache
+    size = min(block, len(ctxs[0]) + max(max_new_tokens, 1))
+    cache = model.new_kv_cache(1, size) if use_cache else None
+    live = [True] * B
     clock = time.perf_counter
-    elapsed = 0.0
+    elapsed = [0.0] * B
     for i in range(max_new_tokens):
         t0 = clock()
-        if cache is not None and cache.pos + len(pending) <= cache.max_len:
-            logits, _ = model(torch.tensor([pending], device=device), kv_cache=cache, last_only=True)
+        if i == 0 and cache is not None:  # the prompt, once; its keys and values go to every row
+            logits, _ = model(torch.tensor([ctxs[0]], device=device), kv_cache=cache, last_only=True)
+            if B > 1:
+                logits = logits.expand(B, -1, -1)
+                big = model.new_kv_cache(B, size)
+                big.k[:] = cache.k
+                big.v[:] = cache.v
+                big.pos = cache.pos
+                cache = big
+        elif cache is not None and cache.pos + 1 <= cache.max_len:
+            logits, _ = model(torch.tensor([c[-1:] for c in ctxs], device=device), kv_cache=cache, last_only=True)
         else:  # no cache, or the cache is full: recompute on the window
             cache = None
-            logits, _ = model(torch.tensor([ctx[-block:]], device=device))
-        raw = logits[:, -1, :]  # (1, V)
-        penalised = raw if seen is None else apply_repetition_penalty(raw, seen, s.repetition_penalty)
-        filtered, probs = None, None
-        if top is not None and not s.is_greedy:  # filter once, for the pick and the trace (as `pick` does)
-            filtered = filter_stages(penalised, s)
-            final = filtered[-1][1] if filtered else penalised.float()
-            probs = F.softmax(final, dim=-1)
-            nxt = int(torch.multinomial(probs, 1, generator=gen)[0, 0])
-        else:
-            nxt = int(pick(penalised, s, gen)[0])
-        if top is not None:
-            if top:
-                step = _trace_step(i, raw[0], None if seen is None else penalised[0], s, nxt, top,
-                                   None if filtered is None else [(name, lg[0]) for name, lg in filtered])
+            logits, _ = model(torch.tensor([c[-block:] for c in ctxs], device=device))
+        shared = clock() - t0
+        out: list = [None] * B
+        for r in range(B):
+            if not live[r]:
+                ctxs[r].append(ctxs[r][-1])  # a stopped row rides along; its results are dropped
+                continue
+            t1 = clock()
+            s, gen, seen = samplings[r], gens[r], seens[r]
+            raw = logits[r:r + 1, -1, :]  # (1, V)
+            penalised = raw if seen is None else apply_repetition_penalty(raw, seen, s.repetition_penalty)
+            filtered, probs = None, None
+            if top is not None and not s.is_greedy:  # filter once, for the pick and the trace (as `pick` does)
+                filtered = filter_stages(penalised, s)
+                final = filtered[-1][1] if filtered else penalised.float()
+                probs = F.softmax(final, dim=-1)
+                nxt = int(torch.multinomial(probs, 1, generator=gen)[0, 0])
             else:
-                step = _chosen_step(i, raw[0], nxt, 1.0 if probs is None else float(probs[0, nxt]))
-            step.dt = clock() - t0
-            elapsed += step.dt
-            step.t = elapsed
-            yield step
-        else:
-            yield nxt
-        if eot_id is not None and nxt == eot_id:
+                nxt = int(pick(penalised, s, gen)[0])
+            if top is not None:
+                if top:
+                    step = _trace_step(i, raw[0], None if seen is None else penalised[0], s, nxt, top,
+                                       None if filtered is None else [(name, lg[0]) for name, lg in filtered])
+                else:
+                    step = _chosen_step(i, raw[0], nxt, 1.0 if probs is None else float(probs[0, nxt]))
+                step.dt = shared + (clock() - t1)
+                elapsed[r] += step.dt
+                step.t = elapsed[r]
+                out[r] = step
+            else:
+                out[r] = nxt
+            if eot_id is not None and nxt == eot_id:
+                live[r] = False
+            if seen is not None:
+                seen[nxt] = True
+            ctxs[r].append(nxt)
+        yield out
+        if not any(live):
             return
-        if seen is not None:
-            seen[nxt] = True
-        ctx.append(nxt)
-        pending = [nxt]
+
+
+def _loop(model: GPT, ids: list[int], max_new_tokens: int, s: Sampling, seed: int | None,
+          eot_id: int | None, use_cache: bool, top: int | None) -> Iterator:
+    """`_loop_rows` with one row: yields its items."""
+    for (item,) in _loop_rows(model, ids, max_new_tokens, [s], [seed], eot_id, use_cache, top):
+        yield item
 
 
 def stream(model: GPT, ids: list[int], max_new_tokens: int, sampling: Sampling = Sampling(),

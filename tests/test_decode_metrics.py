@@ -147,3 +147,36 @@ def test_entropy_beam_tree_and_sweep_figures(model):
     sw = figs.sweep_figure(pts)
     assert [t.name for t in sw.data] == ["Top-k", "Greedy"] and list(sw.data[0].x) == [0.4, 0.9]
     assert list(sw.data[0].text) == ["T=0.5", "T=1.5"]
+
+
+def test_columns_decoded_together_pick_as_they_would_alone(model):
+    """`D.columns` decodes the sampling columns as one batch (one forward per step for all of
+    them): each picks the same tokens as it does alone (same seed), a column that stops at the
+    end-of-text token stops while the others go on, and a beam column runs on its own."""
+    prompt = [1, 2, 3]
+    methods = [D.Method("greedy"), D.Method("top_p", temperature=0.9, top_p=0.8), D.Method("sample", temperature=1.3),
+               D.Method("min_p", min_p=0.05, repetition_penalty=1.3), D.Method("beam", num_beams=2)]
+    alone = [D.Column(model, prompt, m, 16, seed=7, top=5).run() for m in methods]
+    eot = alone[2].tokens[4]  # the plain sampler meets it by its fifth token; the others may not
+    alone_eot = [D.Column(model, prompt, m, 16, seed=7, eot_id=eot, top=5).run() for m in methods]
+    for want, eot_id in ((alone, None), (alone_eot, eot)):
+        together = D.columns(model, prompt, methods, 16, seeds=[7] * 5, eot_id=eot_id, top=5)
+        assert [c._row is not None for c in together] == [True] * 4 + [False]
+        rounds = 0
+        while any([c.advance() for c in together]):  # the lab's loop: one step of each per round
+            rounds += 1
+        for a, b in zip(want, together):
+            assert b.tokens == a.tokens and b.done
+            assert [s.candidates for s in b.trace] == [s.candidates for s in a.trace]
+            assert b.times == sorted(b.times) and (b.beam is not None or all(s.dt > 0 for s in b.trace))
+        assert rounds == max(len(c.tokens) for c in together)
+    assert len(alone_eot[2].tokens) == 5 and alone_eot[2].tokens[-1] == eot
+    assert any(len(c.tokens) > 5 for c in alone_eot[:4])  # the batch went on after a row stopped
+    with pytest.raises(ValueError, match="one seed per method"):
+        D.columns(model, prompt, methods, 4, seeds=[1])
+
+
+def test_sample_n_decodes_its_samples_together(model):
+    m = D.Method("top_k", temperature=1.2, top_k=8)
+    s = D.sample_n(model, [4, 5], m, 5, 10, seed=3)
+    assert s.texts == [D.Column(model, [4, 5], m, 10, seed=3 + i, top=1).run().tokens for i in range(5)]

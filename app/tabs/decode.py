@@ -83,7 +83,7 @@ def start(ck, ids, methods, n, seed, top: int = 10) -> list[D.Column]:
     """The columns, not yet run; `top` candidates per step are traced (0: only the chosen
     token's numbers, for answers that carry no per-step traces)."""
     seed = D.check_seed(seed)
-    return [D.Column(ck.model, ids, m, n, seed=seed, eot_id=ck.tokenizer.eot_id, top=top) for m in methods]
+    return D.columns(ck.model, ids, methods, n, seeds=[seed] * len(methods), eot_id=ck.tokenizer.eot_id, top=top)
 
 
 def advance_all(cols: list[D.Column]):
