@@ -145,3 +145,146 @@ def test_unvalidated_figures_carry_what_validation_used_to_add():
     assert lens["colorscale"] == greens and lens["colorbar"]["title"]["text"] == "p(top)"
     js = json.loads(F.divergence_grid(np.full((2, 2), 0.5), "a", "b").to_json())["data"][0]
     assert js["colorscale"][-1] == [1.0, "rgb(103,0,13)"]
+
+
+# --------------------------------------------------------------------------------------
+# Fig: what gr.Plot sends is what plotly.py would have sent
+
+
+def _strict(text: str):
+    """JSON as the browser's JSON.parse reads it: NaN or Infinity would be an error."""
+    def bad(token):
+        raise AssertionError(f"{token} in the JSON: JSON.parse would fail")
+    return json.loads(text, parse_constant=bad)
+
+
+def _meaning(v):
+    """A figure's JSON with typed arrays decoded to lists and NaN/±inf as null (a gap), so that
+    a typed array and the plain list of the same numbers compare equal."""
+    if isinstance(v, dict):
+        if "bdata" in v and set(v) <= {"dtype", "bdata", "shape"}:
+            a = np.frombuffer(base64.b64decode(v["bdata"]), dtype=np.dtype(v["dtype"]))
+            if "shape" in v:
+                a = a.reshape([int(s) for s in v["shape"].split(",")])
+            return _meaning(a.tolist())
+        return {k: _meaning(x) for k, x in v.items()}
+    if isinstance(v, list):
+        return [_meaning(x) for x in v]
+    if isinstance(v, float) and not np.isfinite(v):
+        return None
+    return v
+
+
+def _every_figure() -> dict:
+    """Every builder of every tab, on small realistic inputs (user text with markup, NaN
+    masked cells, an infinite perplexity, pooled and unpooled patterns, 2-D and 3-D maps)."""
+    from app.figures import decode as D
+    from app.figures import embeddings as E
+    from app.figures import model as M
+    from app.figures import tokens as K
+    from app.figures import train as R
+    from core.inspect.embeddings import CLASS_NAMES
+
+    rng = np.random.default_rng(0)
+    figs = {}
+    # attention
+    p = torch.stack([torch.stack([causal(10, l * 3 + h) for h in range(3)]) for l in range(2)])
+    thumbs, f = A.pool(p, 64)
+    figs["grid"] = F.attention_grid(thumbs, f, 10, rng.random((2, 3)), "entropy <b>", focus=(1, 2))
+    figs["grid plain"] = F.attention_grid(thumbs, f, 10)
+    big, bf = A.pool(causal(40), 16)
+    labels = ["a"] + XSS + ["z"]
+    T = len(labels)
+    pat = np.where(np.triu(np.ones((T, T), bool), 1), np.nan, causal(T).numpy())
+    figs["head"] = F.focused_head(pat, labels, 1, "L0 H1")
+    figs["head pooled"] = F.attention_heatmap(big, [f"t{i}" for i in range(40)], bf, "pooled", colorscale="Viridis")
+    figs["side"] = F.side_by_side(pat, pat, labels, 1, "x<i>", "y", "both")
+    figs["query"] = F.query_heads(np.tile(causal(T).numpy()[None, None], (2, 2, 1, 1))[:, :, 3], labels, 3, (0, 1))
+    model = make_model(40, n_layer=2, n_head=2)
+    an = A.analyse(model, [1, 5, 7, 1, 5, 9], 1, 0, 3, induction=False)  # one id per label
+    figs["equation"] = F.equation_figure(an.equation, labels)
+    figs["lens"] = F.logit_lens(an.lens, labels, lambda i: labels[i % T])
+    figs["divergence"] = F.divergence_grid(rng.random((2, 2)), "<b>a</b>", "b")
+    figs["ablation"] = F.ablation_bars(labels[:3], np.array([0.5, 0.3, 0.2]), np.array([0.2, 0.3, 0.5]), "t")
+    # decode
+    figs["candidates"] = D.candidates_figure(XSS[:3], {"model": [0.5, 0.3, 0.2], "top_k": [0.625, 0.375, 0.0]},
+                                             {"model": 40, "top_k": 2}, 1, "step 1")
+    figs["entropy"] = D.entropy_figure([("greedy", [1.0, 2.0], [0.5, 0.4]), ("<b>beam</b>", [3.0], [0.2])])
+    nodes = [dict(id=0, step=0, parent=-1, label="<s>", score=0.0, final_score=None),
+             dict(id=1, step=1, parent=0, label="a", score=-0.5, final_score=None),
+             dict(id=2, step=1, parent=0, label="&b", score=-1.0, final_score=-0.9),
+             dict(id=3, step=2, parent=1, label="c", score=-1.25, final_score=-0.8)]
+    figs["beam"] = D.beam_tree_figure(nodes, [0, 1, 3])
+    figs["sweep"] = D.sweep_figure([
+        dict(label="Top-k", temperature=0.5, perplexity=3.0, distinct_2=0.4),
+        dict(label="Top-k", temperature=1.5, perplexity=float("inf"), distinct_2=0.9),
+        dict(label="Greedy", temperature=None, perplexity=2.0, distinct_2=0.1)])
+    # embeddings
+    V = 50
+    coords = rng.standard_normal((V, 3)).astype(np.float32)
+    classes = rng.integers(0, len(CLASS_NAMES), V)
+    words = [f"w{i}" for i in range(V - len(XSS))] + XSS
+    for dims in (2, 3):
+        figs[f"token map {dims}d"] = E.token_map(coords, classes, words, [0.3, 0.2, 0.1], dims=dims, highlight=[1, 7])
+        figs[f"positional curve {dims}d"] = E.positional_curve(coords[:20], [0.5, 0.2, 0.1], dims=dims)
+    figs["positional heatmap"] = E.positional_heatmap(np.corrcoef(rng.random((12, 5))), factor=2)
+    figs["layer"] = E.layer_scatter(coords[:T, :2], labels, [0.4, 0.3], 1)
+    figs["paths"] = E.layer_paths(rng.standard_normal((3, T, 2)), labels, [0.4, 0.3], layer=1)
+    figs["over training"] = E.training_steps(rng.standard_normal((2, V, 2)), words, classes, ["best", "<b>late</b>"],
+                                             [0.5, 0.0], [0.4, 0.3])
+    # model, tokens, train
+    figs["params"] = M.params_by_kind({"embedding": 300, "attention": 100, "norms": 0, "<b>odd</b>": 7})
+    figs["chars per token"] = K.chars_per_token_curve(list(range(257, 1257)), np.linspace(1, 3, 1000).tolist())
+    figs["merge counts"] = K.merge_counts([50, 20, 5], ["·t + h → ·th", "<a> + b", "&"])
+    figs["loss"] = R.loss_curve([[1, 4.0], [2, float("nan")], [3, 3.0]], [[2, 3.5, 3.6], [4, 2.5, None]],
+                                vocab_size=65, total_steps=10)
+    figs["lr"] = R.lr_curve([[1, 1e-4], [2, 3e-4]], total_steps=10)
+    figs["runs"] = R.compare_runs([{"name": "<img>", "evals": [[10, 3.0, 3.1]]}, {"name": "b", "losses": [[1, 4.0]]}])
+    figs["no runs"] = R.compare_runs([])
+    return figs
+
+
+def test_every_figure_sends_what_plotly_would():
+    """For every builder, the JSON gr.Plot sends (`Fig.to_json`) means what plotly.py's own
+    `go.Figure(data, layout).to_json()` sends for the same input: same traces and layout, the
+    template expanded as plotly expands it, NaN gaps and typed arrays included; and it is
+    strict JSON (NaN or inf would break JSON.parse in the browser)."""
+    from app.figures import Fig
+
+    figs = _every_figure()
+    for name, fig in figs.items():
+        assert isinstance(fig, Fig), name
+        ours = _strict(fig.to_json())
+        theirs = _strict(fig.to_plotly().to_json())  # validated: a misspelt property would raise here
+        assert _meaning(ours) == _meaning(theirs), name
+    # the NaN (masked) cells arrive as gaps, and the big arrays as typed arrays (compact)
+    z = json.loads(figs["grid"].to_json())["data"][5]["z"]
+    cells = np.frombuffer(base64.b64decode(z["bdata"]), dtype=np.float32)
+    assert z["dtype"] == "f4" and np.isnan(cells).any()
+    sweep = json.loads(figs["sweep"].to_json())["data"][0]
+    assert sweep["y"] == [3.0, None]  # an infinite perplexity is null, as plotly writes it
+    # "none" is expanded the way plotly.py expands it; a figure without one gets plotly's default
+    assert json.loads(figs["head"].to_json())["layout"]["template"] == json.loads(
+        figs["head"].to_plotly().to_json())["layout"]["template"] != "none"
+    assert "colorway" in json.loads(figs["params"].to_json())["layout"]["template"]["layout"]
+
+
+def test_gradio_sends_a_fig_as_a_plotly_plot():
+    import gradio as gr
+
+    fig = _every_figure()["head"]
+    out = gr.Plot().postprocess(fig)
+    assert out.type == "plotly" and out.plot == fig.to_json()
+    sent = _strict(out.plot)
+    assert sent["layout"]["meta"] == {"view": "head"} and sent["data"][0]["type"] == "heatmap"
+
+
+def test_fig_reads_like_a_plotly_figure():
+    fig = F.focused_head(np.eye(3, dtype=np.float32), ["a", "b", "c"], 1, "t")
+    assert fig.layout.meta == {"view": "head"} and fig.layout.meta.view == "head"
+    assert fig.layout.xaxis.title.text == "key (attended to)" and fig.layout.xaxis["type"] == "category"
+    assert fig.data[0].x == ("0 a", "1 b", "2 c")  # lists read as tuples, as plotly's do
+    assert fig.layout.sliders is None and fig.data[0].marker is None  # unset: None
+    assert isinstance(fig.data[0].z, np.ndarray) and fig.to_dict()["data"][0]["type"] == "heatmap"
+    plotly_fig = fig.to_plotly()
+    assert plotly_fig.layout.meta == fig.layout.meta and plotly_fig.data[0].x == fig.data[0].x

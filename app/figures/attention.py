@@ -1,13 +1,14 @@
-"""Figures of the Attention tab: plain functions, arrays and labels in, a new `go.Figure` out.
+"""Figures of the Attention tab: plain functions, arrays and labels in, a new `Fig` out.
 
 Owns: how attention is drawn — the layer × head grid of pooled float32 thumbnails (a
-12 × 12 grid at 1024 tokens is about 1.5 MB on the wire, under its 2 MB budget; see
+12 × 12 grid at 1024 tokens is about 1.3 MB on the wire, under its 2 MB budget; see
 `payload_bytes`), the large view of one head or an aggregation (the causal upper triangle
-is NaN everywhere, drawn grey: masked, never zero), the query's row in every head, the equation's scores and softmax, the logit lens,
-per-head divergences between two models, two patterns side by side, and the effect of an
-ablation; plus the text of the equation panel. Token labels are data: they go through
-`safe` (plotly reads `<b>`-style tags in text, so `<`, `>` and `&` are written as entities,
-which it shows literally). Does not own: computing any of it (`core.inspect.attention`).
+is NaN everywhere, drawn grey: masked, never zero), the query's row in every head, the
+equation's scores and softmax, the logit lens, per-head divergences between two models, two
+patterns side by side, and the effect of an ablation; plus the text of the equation panel.
+Token labels are data: they go through `safe` (plotly reads `<b>`-style tags in text, so
+`<`, `>` and `&` are written as entities, which it shows literally). Does not own:
+computing any of it (`core.inspect.attention`).
 """
 
 from __future__ import annotations
@@ -18,9 +19,9 @@ import math
 from typing import Sequence
 
 import numpy as np
-import plotly.graph_objects as go
 from plotly.colors import sample_colorscale
 
+from app.figures import Fig
 from app.figures import colorscale as _scale
 from app.figures import figure as _figure
 from app.figures import layout_dict as _layout_dict
@@ -54,19 +55,19 @@ def axis_labels(labels: Sequence[str], factor: int = 1) -> list[str]:
 # The grid
 
 
-def payload_bytes(fig: go.Figure) -> int:
+def payload_bytes(fig: Fig) -> int:
     """Bytes the figure costs on the wire: Gradio sends `fig.to_json()` as a JSON string."""
     return len(json.dumps(fig.to_json()).encode())
 
 
 def attention_grid(thumbs: np.ndarray, factor: int, T: int, stat: np.ndarray | None = None,
-                   stat_label: str = "", focus: tuple[int, int] | None = None) -> go.Figure:
+                   stat_label: str = "", focus: tuple[int, int] | None = None) -> Fig:
     """Every head as a small heatmap (rows = queries, top to bottom; columns = keys),
     layers down, heads across, one trace per head named `L{l} H{h}` (clicking one opens it:
     `layout.meta.view` is "grid"). `thumbs` (L, nh, P, P) float32 with NaN above the
     diagonal: masked cells are gaps over a grey tile, never zeros. `stat` (L, nh) colours
-    each tile's frame and joins its label. Built from plain dicts without plotly's
-    per-property validation (a 12 × 12 grid is 144 traces, 300 shapes and annotations)."""
+    each tile's frame and joins its label. Plain dicts (a 12 × 12 grid is 144 traces,
+    300 shapes and annotations)."""
     L, nh, P = thumbs.shape[:3]
     gap = max(2.0, 0.3 * P)
     step = P + gap
@@ -101,7 +102,7 @@ def attention_grid(thumbs: np.ndarray, factor: int, T: int, stat: np.ndarray | N
                                    line=dict(color=color, width=3 if focus == (l, h) else 2.5)))
     if stat is not None:
         traces.append(dict(type="scatter", x=[None], y=[None], mode="markers", hoverinfo="skip", showlegend=False,
-                           marker=dict(color=[lo, hi], colorscale=STAT_SCALE, showscale=True, cmin=lo, cmax=hi,
+                           marker=dict(color=[lo, hi], colorscale=_scale(STAT_SCALE), showscale=True, cmin=lo, cmax=hi,
                                        colorbar=dict(title=dict(text=safe(stat_label)), thickness=12, len=0.45,
                                                      y=0, yanchor="bottom"))))
     note = pooled_note(factor)
@@ -111,7 +112,7 @@ def attention_grid(thumbs: np.ndarray, factor: int, T: int, stat: np.ndarray | N
     layout = _layout_dict(title, int(80 + L * tile_px * 1.3), annotations=notes, shapes=shapes, meta=dict(view="grid"),
                           xaxis=dict(visible=False, range=[-1.5, nh * step - gap + 0.5], constrain="domain"),
                           yaxis=dict(visible=False, range=[L * step - gap + 0.5, -0.4 * P - 2], scaleanchor="x"))
-    return go.Figure(data=traces, layout=layout, _validate=False)
+    return Fig(traces, layout)
 
 
 # --------------------------------------------------------------------------------------
@@ -119,7 +120,7 @@ def attention_grid(thumbs: np.ndarray, factor: int, T: int, stat: np.ndarray | N
 
 
 def attention_heatmap(pattern: np.ndarray, labels: Sequence[str], factor: int, title: str,
-                      colorscale=ATTN_SCALE, meta: dict | None = None) -> go.Figure:
+                      colorscale=ATTN_SCALE, meta: dict | None = None) -> Fig:
     """A (N, N) pattern with token labels on both axes (ranges when pooled), the exact weight
     on hover (the cell's max when pooled), NaN cells (future keys) drawn grey."""
     ticks = axis_labels(labels, factor)
@@ -137,7 +138,7 @@ def attention_heatmap(pattern: np.ndarray, labels: Sequence[str], factor: int, t
                               showgrid=False, scaleanchor="x"), **extra)
 
 
-def focused_head(pattern: np.ndarray, labels: Sequence[str], factor: int, title: str) -> go.Figure:
+def focused_head(pattern: np.ndarray, labels: Sequence[str], factor: int, title: str) -> Fig:
     """One head, large (`attention_heatmap`), marked so that clicking it goes back to the grid."""
     return attention_heatmap(pattern, labels, factor, title + " · click it (or ← Back) to return to the grid",
                              meta=dict(view="head"))
@@ -150,7 +151,7 @@ def _subplot_title(text: str, x: float, y: float) -> dict:
 
 
 def side_by_side(a: np.ndarray, b: np.ndarray, labels: Sequence[str], factor: int,
-                 title_a: str, title_b: str, title: str) -> go.Figure:
+                 title_a: str, title_b: str, title: str) -> Fig:
     """Two patterns of the same size next to each other, one colour scale (two subplots,
     the domains `make_subplots(1, 2, horizontal_spacing=0.08)` gives)."""
     ticks = axis_labels(labels, factor)
@@ -173,7 +174,7 @@ def side_by_side(a: np.ndarray, b: np.ndarray, labels: Sequence[str], factor: in
 # One query
 
 
-def query_heads(rows: np.ndarray, labels: Sequence[str], query: int, focus: tuple[int, int]) -> go.Figure:
+def query_heads(rows: np.ndarray, labels: Sequence[str], query: int, focus: tuple[int, int]) -> Fig:
     """rows (L, nh, T): where the query token looks, in every head (one row per head; only
     keys up to the query: later ones are masked). The focused head is framed."""
     L, nh, _ = rows.shape
@@ -202,7 +203,7 @@ def token_strip(labels: Sequence[str], weights: np.ndarray, query: int) -> list[
 # The equation
 
 
-def equation_figure(eq, labels: Sequence[str]) -> go.Figure:
+def equation_figure(eq, labels: Sequence[str]) -> Fig:
     """Two stacked bar charts over the keys up to the query: the scores q·k/√d, then the
     softmax of them (the attention weights). Masked keys are listed in the title."""
     n = eq.query + 1
@@ -279,7 +280,7 @@ def vector_rows(eq) -> tuple[list[str], list[list]]:
 # Logit lens, comparing, ablating
 
 
-def logit_lens(lens, labels: Sequence[str], vocab_label) -> go.Figure:
+def logit_lens(lens, labels: Sequence[str], vocab_label) -> Fig:
     """Rows = after the embedding and after each block; columns = positions. Each cell: the
     top next-token prediction there (text) and its probability (colour); hover adds the
     probability of the token that really comes next. `vocab_label(id)` names a token."""
@@ -303,7 +304,7 @@ def logit_lens(lens, labels: Sequence[str], vocab_label) -> go.Figure:
                    yaxis=dict(type="category", autorange="reversed"))
 
 
-def divergence_grid(js: np.ndarray, name_a: str, name_b: str) -> go.Figure:
+def divergence_grid(js: np.ndarray, name_a: str, name_b: str) -> Fig:
     """(L, nh) Jensen–Shannon divergence per head, averaged over queries (bits, 0..1)."""
     L, nh = js.shape
     trace = dict(
@@ -317,7 +318,7 @@ def divergence_grid(js: np.ndarray, name_a: str, name_b: str) -> go.Figure:
                    yaxis=dict(type="category", autorange="reversed", scaleanchor="x"))
 
 
-def ablation_bars(token_labels: Sequence[str], before: np.ndarray, after: np.ndarray, title: str) -> go.Figure:
+def ablation_bars(token_labels: Sequence[str], before: np.ndarray, after: np.ndarray, title: str) -> Fig:
     """Grouped bars: the next-token probabilities of the top tokens, before and after."""
     x = [f"{i + 1}. {safe(t)}" for i, t in enumerate(token_labels)]
     traces = [dict(type="bar", name="model", x=x, y=before, marker=dict(color="#94a3b8"),

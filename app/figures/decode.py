@@ -1,4 +1,4 @@
-"""Figures of the Decode tab: plain functions, numbers and labels in, a new `go.Figure` out.
+"""Figures of the Decode tab: plain functions, numbers and labels in, a new `Fig` out.
 
 Owns: how decoding is drawn — a step's candidates with their probability after each
 stage of the filter chain (model → penalty → temperature → top-k → top-p → min-p) and the
@@ -15,8 +15,7 @@ import html
 import math
 from typing import Sequence
 
-import plotly.graph_objects as go
-
+from app.figures import Fig
 from app.figures import colorscale as _scale
 from app.figures import figure as _figure
 
@@ -50,7 +49,7 @@ def token_spans(labels: Sequence[str], probs: Sequence[float]) -> list[tuple[str
 
 
 def candidates_figure(labels: Sequence[str], stages: dict[str, Sequence[float]], kept: dict[str, int],
-                      chosen: int, title: str) -> go.Figure:
+                      chosen: int, title: str) -> Fig:
     """Grouped bars: each candidate's probability after each stage (0 = cut by that filter).
     `chosen` is the index (in `labels`) of the token that was picked; it is outlined and starred."""
     x = [f"{i + 1}. {safe(t)}" + (" ★" if i == chosen else "") for i, t in enumerate(labels)]
@@ -70,7 +69,7 @@ def candidates_figure(labels: Sequence[str], stages: dict[str, Sequence[float]],
                    xaxis=dict(tickangle=-30), yaxis=dict(title=dict(text="probability"), rangemode="tozero"))
 
 
-def entropy_figure(columns: Sequence[tuple[str, Sequence[float], Sequence[float]]]) -> go.Figure:
+def entropy_figure(columns: Sequence[tuple[str, Sequence[float], Sequence[float]]]) -> Fig:
     """One line per column: entropy (bits) of the model's next-token distribution per step,
     with the chosen token's probability in the hover."""
     traces = [dict(
@@ -85,7 +84,7 @@ def entropy_figure(columns: Sequence[tuple[str, Sequence[float], Sequence[float]
                    legend=dict(orientation="h", y=-0.3))
 
 
-def beam_tree_figure(nodes: Sequence[dict], best_path: Sequence[int], title: str = "Beam search tree") -> go.Figure:
+def beam_tree_figure(nodes: Sequence[dict], best_path: Sequence[int], title: str = "Beam search tree") -> Fig:
     """The tree of beams. `nodes`: dicts with id, step, parent, label, score, final_score (or
     None). x = step, y = the node's order among its step's nodes (by parent, then score); edges join a node
     to its parent; the best hypothesis's path is drawn bold; finished hypotheses are squares."""
@@ -131,7 +130,7 @@ def beam_tree_figure(nodes: Sequence[dict], best_path: Sequence[int], title: str
                    yaxis=dict(visible=False), legend=dict(orientation="h", y=-0.15))
 
 
-def sweep_figure(points: Sequence[dict]) -> go.Figure:
+def sweep_figure(points: Sequence[dict]) -> Fig:
     """Perplexity (under the model) vs distinct-2, one marker series per method, labelled by
     temperature: the guide's quality/creativity table, measured."""
     methods = list(dict.fromkeys(p["label"] for p in points))

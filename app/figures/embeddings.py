@@ -1,4 +1,4 @@
-"""Figures for the Embeddings tab: plain functions, arrays and labels in, a new `go.Figure` out.
+"""Figures for the Embeddings tab: plain functions, arrays and labels in, a new `Fig` out.
 
 Owns how embeddings are drawn: the whole-vocabulary map (WebGL, one trace per token
 class, matches of a search ringed), the position–position heatmap and the positional
@@ -6,9 +6,10 @@ PCA curve, a layer's hidden states with tokens as labels, each token's path acro
 layers, and a run's checkpoints in aligned coordinates behind a step slider.
 
 Compact by construction: coordinates are float32 numpy arrays and ids int32 ones, which
-plotly serialises as base64 typed arrays; per-point hover text is the token's label only
-(the class and the id come from the trace's hovertemplate and `customdata`). Labels are
-user or vocabulary text: they are HTML-escaped, because plotly reads a few tags in text.
+go on the wire as base64 typed arrays (`Fig.to_json`); per-point hover text is the token's
+label only (the class and the id come from the trace's hovertemplate and `customdata`).
+Labels are user or vocabulary text: they are HTML-escaped, because plotly reads a few tags
+in text.
 Does not own: computing what is drawn (`core.inspect.embeddings`).
 """
 
@@ -18,8 +19,7 @@ import html
 from typing import Sequence
 
 import numpy as np
-import plotly.graph_objects as go
-
+from app.figures import Fig
 from app.figures import colorscale as _scale
 from core.inspect.embeddings import CLASS_NAMES
 
@@ -34,7 +34,7 @@ def esc(text: str) -> str:
     return html.escape(text, quote=False)
 
 
-def _figure(traces: list[dict], title: str, height: int, legend: bool = False, **kw) -> go.Figure:
+def _figure(traces: list[dict], title: str, height: int, legend: bool = False, **kw) -> Fig:
     """The tab's layout (plotly's default template, a monospace hover for token labels, the
     legend above the plot), from plain trace dicts, without plotly's per-property validation
     (a vocabulary map is a few traces, but the checkpoints' slider is many); `kw` adds keys."""
@@ -46,7 +46,7 @@ def _figure(traces: list[dict], title: str, height: int, legend: bool = False, *
         legend=dict(orientation="h", yanchor="bottom", y=1.0, xanchor="left", x=0, itemsizing="constant"),
     )
     layout.update(kw)
-    return go.Figure(data=traces, layout=layout, _validate=False)
+    return Fig(traces, layout)
 
 
 def _axis_titles(explained: Sequence[float], dims: int) -> list[str]:
@@ -74,7 +74,7 @@ def _axes(titles: list[str], dims: int, xaxis: dict | None = None, yaxis: dict |
 
 
 def token_map(coords: np.ndarray, classes: np.ndarray, labels: Sequence[str], explained: Sequence[float], *,
-              dims: int = 2, highlight: Sequence[int] = (), title: str = "Token embeddings") -> go.Figure:
+              dims: int = 2, highlight: Sequence[int] = (), title: str = "Token embeddings") -> Fig:
     """Every vocabulary token at its PCA coordinates, one trace per class (click the legend
     to hide one); `highlight` ids are ringed in red and, when few, labelled."""
     if dims not in (2, 3):
@@ -108,7 +108,7 @@ def token_map(coords: np.ndarray, classes: np.ndarray, labels: Sequence[str], ex
 
 
 def positional_heatmap(M: np.ndarray, factor: int = 1,
-                       title: str = "Position × position cosine similarity") -> go.Figure:
+                       title: str = "Position × position cosine similarity") -> Fig:
     """Cosine similarity between position embeddings; `factor` > 1: each cell averages factor × factor positions."""
     n = M.shape[0]
     if factor > 1:
@@ -124,7 +124,7 @@ def positional_heatmap(M: np.ndarray, factor: int = 1,
 
 
 def positional_curve(coords: np.ndarray, explained: Sequence[float], dims: int = 2,
-                     title: str = "Position embeddings, PCA, in position order") -> go.Figure:
+                     title: str = "Position embeddings, PCA, in position order") -> Fig:
     """The path of position embeddings 0, 1, 2, … through their principal axes, coloured by position."""
     T = coords.shape[0]
     pos = np.arange(T, dtype=np.int32)
@@ -136,7 +136,7 @@ def positional_curve(coords: np.ndarray, explained: Sequence[float], dims: int =
 
 
 def layer_scatter(coords: np.ndarray, labels: Sequence[str], explained: Sequence[float], layer: int,
-                  title: str | None = None) -> go.Figure:
+                  title: str | None = None) -> Fig:
     """One layer's hidden states (T, 2) labelled with their tokens, coloured by position."""
     T = coords.shape[0]
     pos = np.arange(T, dtype=np.int32)
@@ -153,7 +153,7 @@ def layer_scatter(coords: np.ndarray, labels: Sequence[str], explained: Sequence
 
 
 def layer_paths(coords: np.ndarray, labels: Sequence[str], explained: Sequence[float], layer: int | None = None,
-                title: str = "Each token's path across the layers (one PCA for all layers)") -> go.Figure:
+                title: str = "Each token's path across the layers (one PCA for all layers)") -> Fig:
     """(L+1, T, 2) coordinates: a line per token from the embedding through every block,
     markers coloured by layer, the token's label at its last point; `layer` is ringed."""
     L1, T, _ = coords.shape
@@ -182,7 +182,7 @@ def layer_paths(coords: np.ndarray, labels: Sequence[str], explained: Sequence[f
 
 def training_steps(coords: np.ndarray, labels: Sequence[str], classes: np.ndarray, steps: Sequence[str],
                    disparities: Sequence[float], explained: Sequence[float],
-                   title: str = "Token embeddings over training (aligned to the last checkpoint)") -> go.Figure:
+                   title: str = "Token embeddings over training (aligned to the last checkpoint)") -> Fig:
     """(n, V, 2) aligned coordinates, one WebGL trace per checkpoint; the slider under the
     plot shows one checkpoint at a time (it runs in the browser: no server round trip)."""
     n, V, _ = coords.shape

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Mapping
 
-import plotly.graph_objects as go
+from app.figures import Fig
 
 # One colour per part of the architecture, shared by every view that shows these parts.
 KIND_COLORS = {
@@ -22,7 +22,7 @@ KIND_COLORS = {
 FALLBACK_COLOR = "#64748b"
 
 
-def params_by_kind(counts: Mapping[str, int], title: str = "Where the parameters are") -> go.Figure:
+def params_by_kind(counts: Mapping[str, int], title: str = "Where the parameters are") -> Fig:
     """Horizontal bars: parameter count per kind of module (embedding, attention, ...),
     labelled with the count and its share of the total. Built from plain dicts, without
     plotly's per-property validation."""
@@ -44,6 +44,6 @@ def params_by_kind(counts: Mapping[str, int], title: str = "Where the parameters
         plot_bgcolor="rgba(0,0,0,0)",
         showlegend=False,
         xaxis=dict(title=dict(text="parameters"), showgrid=True, gridcolor="rgba(148,163,184,0.3)"),
-        yaxis=dict(autorange="reversed", title={}),
+        yaxis=dict(autorange="reversed"),
     )
-    return go.Figure(data=[trace], layout=layout, _validate=False)
+    return Fig([trace], layout)

@@ -1,7 +1,7 @@
 """Figures for the Tokens tab's BPE lab: characters per token against vocab size, and the
 pair count that chose each merge.
 
-Pure builders: lists of numbers and strings in, a new `go.Figure` out. Merge strings come
+Pure builders: lists of numbers and strings in, a new `Fig` out. Merge strings come
 from the user's corpus, so they are HTML-escaped before they reach a plotly text field
 (plotly reads a few tags such as <br> and <a> in text, and decodes entities back).
 Does not own: computing the numbers (`core.inspect.tokens`).
@@ -11,7 +11,7 @@ from __future__ import annotations
 import html
 from typing import Sequence
 
-import plotly.graph_objects as go
+from app.figures import Fig
 
 LINE_COLOR = "#6366f1"
 COUNT_COLOR = "#f59e0b"
@@ -19,7 +19,7 @@ GRID = "rgba(148,163,184,0.3)"
 MAX_POINTS = 500
 
 
-def _figure(traces: list[dict], title: str, xaxis: dict, yaxis: dict, height: int = 300) -> go.Figure:
+def _figure(traces: list[dict], title: str, xaxis: dict, yaxis: dict, height: int = 300) -> Fig:
     """The BPE lab's layout (plotly's default template, gridded axes, no legend), from plain
     trace dicts, without plotly's validation."""
     layout = dict(
@@ -28,7 +28,7 @@ def _figure(traces: list[dict], title: str, xaxis: dict, yaxis: dict, height: in
         paper_bgcolor="rgba(0,0,0,0)", plot_bgcolor="rgba(0,0,0,0)", showlegend=False,
         xaxis=dict(xaxis, showgrid=True, gridcolor=GRID), yaxis=dict(yaxis, showgrid=True, gridcolor=GRID),
     )
-    return go.Figure(data=traces, layout=layout, _validate=False)
+    return Fig(traces, layout)
 
 
 def _thin(n: int, max_points: int = MAX_POINTS) -> list[int]:
@@ -40,7 +40,7 @@ def _thin(n: int, max_points: int = MAX_POINTS) -> list[int]:
 
 
 def chars_per_token_curve(vocab_sizes: Sequence[int], chars_per_token: Sequence[float],
-                          title: str = "Characters per token against vocab size") -> go.Figure:
+                          title: str = "Characters per token against vocab size") -> Fig:
     """One line: how many characters of the corpus a token covers on average, after each
     merge (vocab size = bytes + special tokens + merges so far); the end point is marked."""
     if len(vocab_sizes) != len(chars_per_token):
@@ -59,7 +59,7 @@ def chars_per_token_curve(vocab_sizes: Sequence[int], chars_per_token: Sequence[
 
 
 def merge_counts(counts: Sequence[int], labels: Sequence[str] | None = None,
-                 title: str = "How often each merged pair occurred when it was chosen") -> go.Figure:
+                 title: str = "How often each merged pair occurred when it was chosen") -> Fig:
     """Pair count against merge rank (log scale); `labels` (e.g. "·t + h → ·th") go in the hover, escaped."""
     if labels is not None and len(labels) != len(counts):
         raise ValueError(f"{len(counts)} counts but {len(labels)} labels")

@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 from typing import Mapping, Sequence
 
-import plotly.graph_objects as go
+from app.figures import Fig
 
 TRAIN_COLOR = "#94a3b8"      # per-step training loss (noisy, thin)
 EVAL_TRAIN_COLOR = "#6366f1"  # train loss on the fixed eval batches
@@ -26,7 +26,7 @@ DIFF_KEYS = ("corpus", "tokenizer", "vocab_size", "n_layer", "n_head", "n_embd",
 
 
 def _figure(traces: list[dict], title: str, height: int, legend: bool = True, xaxis: dict | None = None,
-            yaxis: dict | None = None, **kw) -> go.Figure:
+            yaxis: dict | None = None, **kw) -> Fig:
     """The Train tab's layout (plotly's default template, gridded axes, x = step, a unified
     hover), from plain trace dicts, without plotly's validation; `xaxis`/`yaxis` add to the axes."""
     layout = dict(
@@ -37,7 +37,7 @@ def _figure(traces: list[dict], title: str, height: int, legend: bool = True, xa
         hovermode="x unified",
         xaxis={**(xaxis or {}), "title": dict(text="step"), "showgrid": True, "gridcolor": GRID, "rangemode": "tozero"},
         yaxis={**(yaxis or {}), "showgrid": True, "gridcolor": GRID}, **kw)
-    return go.Figure(data=traces, layout=layout, _validate=False)
+    return Fig(traces, layout)
 
 
 def _finite(points: Sequence[Sequence], col: int) -> tuple[list, list]:
@@ -51,7 +51,7 @@ def _finite(points: Sequence[Sequence], col: int) -> tuple[list, list]:
 
 
 def loss_curve(losses: Sequence[Sequence], evals: Sequence[Sequence] = (), vocab_size: int | None = None,
-               total_steps: int | None = None, title: str = "Loss (cross-entropy, nats per token)") -> go.Figure:
+               total_steps: int | None = None, title: str = "Loss (cross-entropy, nats per token)") -> Fig:
     """Train loss per step (thin), train and val loss at each evaluation (markers), and a
     dashed ln(V) line: the loss of a model that gives every token the same probability.
 
@@ -81,7 +81,7 @@ def loss_curve(losses: Sequence[Sequence], evals: Sequence[Sequence] = (), vocab
     return _figure(traces, title, 380, xaxis=xaxis, yaxis=yaxis, **extra)
 
 
-def lr_curve(lrs: Sequence[Sequence], total_steps: int | None = None, title: str = "Learning rate") -> go.Figure:
+def lr_curve(lrs: Sequence[Sequence], total_steps: int | None = None, title: str = "Learning rate") -> Fig:
     """The learning rate at each step (warmup, then cosine decay)."""
     xs, ys = _finite(lrs, 1)
     trace = dict(type="scatter", x=xs, y=ys, mode="lines", name="lr", line=dict(color=EVAL_TRAIN_COLOR, width=2),
@@ -90,7 +90,7 @@ def lr_curve(lrs: Sequence[Sequence], total_steps: int | None = None, title: str
                    yaxis=dict(title=dict(text="lr"), exponentformat="e", rangemode="tozero"))
 
 
-def compare_runs(runs: Sequence[Mapping], title: str = "Val loss by run") -> go.Figure:
+def compare_runs(runs: Sequence[Mapping], title: str = "Val loss by run") -> Fig:
     """One line per run: its val loss at each evaluation, or its per-step train loss when it
     has no evaluation yet. runs: [{"name", "evals", "losses"}, ...]."""
     traces = []
