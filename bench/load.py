@@ -2,7 +2,8 @@
 
 Starts the real app (`python app.py`, the bundled demo model, a temporary runs folder) on a
 free port of 127.0.0.1 in a subprocess, then N simulated users, each with its own
-`gradio_client.Client` in a thread (threads spread over --procs processes, niced), call
+`gradio_client.Client` in a thread (threads spread over --procs processes, niced; no TLS
+certificate loading on plain http, see `new_client`), call
 /tokenize, /attention and /decode in turn with a random think time between requests. Every answer is checked (token ids equal the
 tokenizer's encode of the text; the attention view covers those tokens and its weights sum to
 one; a greedy /decode column equals `core.generate`'s greedy continuation).
@@ -24,6 +25,7 @@ simulated users (who share the machine with the server, as remote browsers would
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import random
@@ -170,14 +172,28 @@ def call(client, key: str, endpoint: str, text: str, decode_tokens: int, seed: i
     return client.predict(key, text, DECODE_COLUMNS, decode_tokens, seed, False, api_name="/decode")
 
 
+def new_client(url: str):
+    """A `gradio_client.Client`. On plain http (the app on 127.0.0.1) it skips TLS certificate
+    loading, which nothing there uses: gradio_client makes a new httpx client for every request
+    and, with verification on, each loads the CA bundle (17 ms of the simulated user's CPU,
+    holding its process's GIL), which made the users, not the server, most of the latency."""
+    from gradio_client import Client
+
+    return Client(url, verbose=False, ssl_verify=not url.startswith("http://"))
+
+
+def texts() -> list[str]:
+    """Every text a user may send: one of TEXTS plus 0–2 copies of the last word of one of them."""
+    tails = sorted({t.split()[-1] for t in TEXTS})
+    return sorted({t + (" " + w) * k for t in TEXTS for w in tails for k in range(3)})
+
+
 def make_clients(url: str, n: int) -> list:
     """`n` clients, each with its session open: one /models call, as a browser's page load
     opens the session before its person clicks anything (Gradio builds a session's state on
     its first event, about 30 ms of server time for this page). Not timed."""
-    from gradio_client import Client
-
     def open_one(_):
-        client = Client(url, verbose=False)
+        client = new_client(url)
         client.predict(api_name="/models")
         return client
 
@@ -231,11 +247,21 @@ def run_users(clients: list, key: str, checker: Checker, args, seed: int, endpoi
     return summarize(records, time.monotonic() - t0, endpoints)
 
 
-def _process_users(url, key, model, n_users, first_user, args, seed, ready, results) -> None:
+@functools.lru_cache(maxsize=2)
+def expected_greedy(model: Path, decode_tokens: int) -> dict[str, list[int]]:
+    """The greedy continuation of every text a user may send (`texts`), computed once before
+    the timed part, so no simulated user computes one while others are being timed."""
+    checker = Checker(model, decode_tokens)
+    return {text: checker.greedy(text) for text in texts()}
+
+
+def _process_users(url, key, model, n_users, first_user, args, seed, ready, results, greedy) -> None:
     """One process's share of the users: clients made before the common start (the barrier)."""
+    import torch
+
+    torch.set_num_threads(1)  # the answer checks are small; the server gets the cores
     checker = Checker(model, args.decode_tokens)
-    for text in TEXTS:
-        checker.greedy(text)
+    checker._greedy.update(greedy)
     clients = make_clients(url, n_users)
     ready.wait()
     c0 = resource.getrusage(resource.RUSAGE_SELF)
@@ -254,8 +280,9 @@ def run_users_in_processes(url: str, key: str, model: Path, args, seed: int, ser
     procs = max(1, min(args.procs, args.users))
     ready, results = ctx.Barrier(procs + 1), ctx.Queue()
     shares = [args.users // procs + (1 if i < args.users % procs else 0) for i in range(procs)]
+    greedy = expected_greedy(model, args.decode_tokens)
     workers = [ctx.Process(target=_process_users, daemon=True,
-                           args=(url, key, model, n, sum(shares[:i]), args, seed, ready, results))
+                           args=(url, key, model, n, sum(shares[:i]), args, seed, ready, results, greedy))
                for i, n in enumerate(shares)]
     for w in workers:
         w.start()
@@ -339,9 +366,7 @@ class StepMeter:
 
 
 def train_phase(url: str, key, args, idle: dict) -> dict:
-    from gradio_client import Client
-
-    ctl = Client(url, verbose=False)
+    ctl = new_client(url)
     if "/train_start" not in ctl.view_api(print_info=False, return_format="dict")["named_endpoints"]:
         return {"skipped": "the app has no /train_start endpoint yet"}
     # the Train tab's default model (4 layers, 4 heads, 128 wide, 64 tokens, batch 12), char-level on a
@@ -349,7 +374,7 @@ def train_phase(url: str, key, args, idle: dict) -> dict:
     st = ctl.predict(corpus="counting", tokenizer="char", steps=100_000, warmup=10, device="cpu",
                      name="bench-load", eval_interval=100_000, eval_batches=1, api_name="/train_start")
     job = st["job"]
-    meter = StepMeter(Client(url, verbose=False), job)
+    meter = StepMeter(new_client(url), job)
     try:
         if not meter.wait_for_steps(5, 120):
             return {"skipped": f"the training run did not start stepping (state {meter.state})"}
