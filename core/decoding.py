@@ -252,9 +252,9 @@ def columns(model: GPT, ids: list[int], methods: list[Method], max_new_tokens: i
     """Columns on one prompt, not yet run, one per method (`seeds[i]` seeds column i). The ones
     that sample (every kind but beam search) are decoded together: one batched forward per step
     for all of them, which reads the model's weights once rather than once per column. A column
-    picks exactly as it would alone; its logits come from a batch, so they agree with a lone
-    run's to float rounding (bit for bit on the CPUs we test), and its step times include the
-    shared forward."""
+    picks as it would alone from the same logits; its logits come from a batch and agree with a
+    lone run's to float rounding (see `core.generate._loop_rows`), and its step times include
+    the shared forward."""
     if len(seeds) != len(methods):
         raise ValueError(f"give one seed per method (got {len(seeds)} seeds for {len(methods)} methods)")
     rows = [i for i, m in enumerate(methods) if m.kind != "beam"]

@@ -254,9 +254,11 @@ def _loop_rows(model: GPT, ids: list[int], max_new_tokens: int, samplings: list[
     The rows share one forward per step, a batch of one new token each (reading the weights
     once, not once per row). The prompt is run once and its keys and values copied to every
     row, and everything after the forward is done row by row on (1, V) slices with the row's
-    own generator, so a row picks what it would pick alone; its logits are computed in a
-    batch and so agree with a lone run's to float rounding (bit for bit on the CPUs we test).
-    A row's `Step.dt` is the shared forward plus its own pick."""
+    own generator, so a row picks as it would alone from the same logits. Its logits come
+    from a batch, whose matmuls may sum in another order than a one-row product (the demo
+    model: up to 2e-6 apart), so only a near-tie between two tokens could pick differently
+    (in the tests the tokens always match a lone run's). A row's `Step.dt` is the shared
+    forward plus its own pick."""
     check_prompt(model, ids, max_new_tokens)
     B = len(samplings)
     if B < 1 or len(seeds) != B:
