@@ -111,6 +111,19 @@ def test_browser_run_shows_the_curve_and_user_text_stays_text(train_app, page):
     expect(page.get_by_role("row", name=re.compile(r"^browser-run done 30 30 "))).to_be_visible()
     page.get_by_role("button", name="Download zip").click()
     expect(page.get_by_role("cell", name="browser-run.zip")).to_be_visible()  # its checkpoints, zipped
+
+    # Resume: the finished run goes on from its last checkpoint to a new step count
+    page.get_by_label("Steps", exact=True).fill("45")
+    page.get_by_role("button", name="Resume").click()
+    expect(status).to_contain_text("45", timeout=30_000)
+    expect(status).to_contain_text("done", timeout=90_000)
+    expect(status).to_contain_text("45 / 45")
+    expect(page.get_by_role("row", name=re.compile(r"^browser-run done 45 45 "))).to_be_visible()
+    st = ctx.jobs.status("browser-run")
+    steps = [s for s, _ in st["losses"]]
+    assert st["step"] == 45 and steps == sorted(set(steps)) and steps[-1] == 45  # one curve, continued
+    loss = dict(st["losses"])
+    assert loss[31] < (loss[1] + loss[30]) / 2  # from the trained weights: a restart would begin near loss[1]
     assert page.dialogs == []
     assert page.external_requests == []
 
