@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass, field, fields
 from collections import deque
 
 from .beam import BeamSearch
-from .generate import Sampling, Step, _loop_rows, steps
+from .generate import Sampling, Step, _loop_rows, check_top, steps
 from .model import GPT
 
 METHODS = ("greedy", "sample", "top_k", "top_p", "min_p", "beam")
@@ -227,8 +227,7 @@ class _Rows:
 
     def __init__(self, model: GPT, ids: list[int], methods: list[Method], max_new_tokens: int,
                  seeds: list[int | None], eot_id: int | None, top: int):
-        if not 0 <= top <= 100:
-            raise ValueError(f"top={top} candidates must be between 0 and 100")
+        check_top(top)
         self._it = _loop_rows(model, ids, max_new_tokens, [m.sampling() for m in methods], seeds, eot_id, True, top)
         self._queues: list[deque] = [deque() for _ in methods]
 
@@ -258,11 +257,11 @@ def columns(model: GPT, ids: list[int], methods: list[Method], max_new_tokens: i
     if len(seeds) != len(methods):
         raise ValueError(f"give one seed per method (got {len(seeds)} seeds for {len(methods)} methods)")
     rows = [i for i, m in enumerate(methods) if m.kind != "beam"]
-    shared = None
+    row_of = {}  # column index -> (the shared rows, its row)
     if len(rows) > 1:
         shared = _Rows(model, ids, [methods[i] for i in rows], max_new_tokens, [seeds[i] for i in rows], eot_id, top)
-    return [Column(model, ids, m, max_new_tokens, seed=seeds[i], eot_id=eot_id, top=top,
-                   _row=(shared, rows.index(i)) if shared is not None and i in rows else None)
+        row_of = {i: (shared, r) for r, i in enumerate(rows)}
+    return [Column(model, ids, m, max_new_tokens, seed=seeds[i], eot_id=eot_id, top=top, _row=row_of.get(i))
             for i, m in enumerate(methods)]
 
 

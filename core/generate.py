@@ -227,6 +227,12 @@ def _trace_step(index: int, raw: torch.Tensor, penalised: torch.Tensor | None, s
 # The decoding loop
 
 
+def check_top(top: int) -> None:
+    """How many candidates a traced step records: 0 to 100."""
+    if not 0 <= top <= 100:
+        raise ValueError(f"top={top} candidates must be between 0 and 100")
+
+
 def check_prompt(model: GPT, ids: list[int], max_new_tokens: int) -> None:
     if not ids:
         raise ValueError("the prompt is empty: give at least one token")
@@ -362,8 +368,7 @@ def steps(model: GPT, ids: list[int], max_new_tokens: int, sampling: Sampling = 
     """Like `stream`, but yield a traced `Step` per token (`top` candidates recorded; with
     top=0 only the chosen token's probability, log-probability, rank and the entropy, which
     is several times cheaper). The same seed gives the same tokens as `stream`."""
-    if not 0 <= top <= 100:
-        raise ValueError(f"top={top} candidates must be between 0 and 100")
+    check_top(top)
     yield from _loop(model, ids, max_new_tokens, sampling, seed, eot_id, use_cache, top)
 
 
