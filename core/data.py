@@ -26,6 +26,8 @@ from typing import Callable, NamedTuple, Sequence
 
 import torch
 
+from .machine import default_cache_dir  # noqa: F401  (re-exported: the app and tests import it from here)
+
 MAX_UPLOAD_BYTES = 20 * 1024 * 1024  # 20 MiB: an uploaded corpus file
 MAX_TEXT_CHARS = MAX_UPLOAD_BYTES  # pasted text
 MIN_CORPUS_CHARS = 100
@@ -136,12 +138,6 @@ def corpus_stats(text: str) -> dict:
 
 
 # --- Tiny Shakespeare ------------------------------------------------------------------
-def default_cache_dir() -> Path:
-    """`$GLASSBOX_CACHE_DIR`, else `~/.cache/glassbox`."""
-    env = os.environ.get("GLASSBOX_CACHE_DIR")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "glassbox"
-
-
 def default_search_paths() -> list[Path]:
     """Where a local Tiny Shakespeare may be: `$GLASSBOX_DATA_DIR`, `<repo>/../shared/data`, the cache."""
     paths = []
