@@ -314,6 +314,20 @@ def detect_kind(folder: str | Path) -> str:
                           "(model_type: gpt2)")
 
 
+def read_config(folder: str | Path) -> GPTConfig:
+    """The architecture in a Glassbox or GPT-2-layout folder's config.json, read without the weights."""
+    path = Path(folder)
+    kind = detect_kind(path)
+    cfg_d = _read_json(path / CONFIG_FILE, "config.json")
+    if kind == "hf-gpt2":
+        return _hf_config(cfg_d)
+    cfg_d.pop("format")
+    try:
+        return GPTConfig.from_dict(cfg_d)
+    except (ValueError, TypeError) as e:
+        raise CheckpointError(f"config.json: {e}") from None
+
+
 def load(path: str | Path, device: str | torch.device = "cpu", max_bytes: int = DEFAULT_MAX_BYTES) -> Checkpoint:
     """Load a Glassbox or Hugging Face GPT-2-layout folder (or its model.safetensors file)."""
     path = Path(path)
@@ -322,15 +336,7 @@ def load(path: str | Path, device: str | torch.device = "cpu", max_bytes: int = 
     if not path.is_dir():
         raise CheckpointError(f"no checkpoint folder at {path}")
     kind = detect_kind(path)
-    cfg_d = _read_json(path / CONFIG_FILE, "config.json")
-    if kind == "glassbox":
-        cfg_d.pop("format")
-        try:
-            cfg = GPTConfig.from_dict(cfg_d)
-        except (ValueError, TypeError) as e:
-            raise CheckpointError(f"config.json: {e}") from None
-    else:
-        cfg = _hf_config(cfg_d)
+    cfg = read_config(path)
     need = cfg.memory_bytes(4)
     if need > max_bytes:
         raise CheckpointError(f"config.json asks for {cfg.n_params():,} parameters ({need / 1e9:.1f} GB in "
