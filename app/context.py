@@ -1,9 +1,12 @@
 """The app context: the shared, long-lived things every tab receives.
 
-Owns: `AppContext` (the model catalog, the training job manager, and the folders the app
-reads and writes) and `make_context`, which creates them once per app. Tabs get the
-context as an argument; nothing in `app/` keeps state in module globals.
-Does not own: what is in the folders (the catalog and the job manager do).
+Owns: `AppContext` (the model catalog, the training job manager, the folders the app
+reads and writes, and each tab's per-app cache, every one a named field with its owner)
+and `make_context`, which creates them once per app. Tabs get the context as an argument;
+nothing in `app/` keeps state in module globals. Many requests use the context at once:
+each shared field is thread-safe on its own (it holds its lock).
+Does not own: what is in the folders (the catalog and the job manager do), nor what the
+caches compute (their tabs do).
 
 Folders (each can be set by argument or environment variable):
     runs dir     GLASSBOX_RUNS_DIR    default ./runs         training runs (checkpoints)
@@ -15,26 +18,59 @@ Folders (each can be set by argument or environment variable):
 from __future__ import annotations
 
 import os
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Generic, TypeVar
 
 from app.catalog import ModelCatalog
 from app.jobs import JobManager
+from app.tabs.attention import InductionCache
+from app.tabs.embeddings import EmbeddingCache
+from app.ui import ModelPicker
+from core.tokenizer import Tokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
 ASSETS_DIR = ROOT / "assets"
 
 
+T = TypeVar("T")
+
+
+class Found(Generic[T]):
+    """A value looked for once per app and kept once found (None until then). Thread-safe."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._value: T | None = None
+
+    def get(self) -> T | None:
+        with self._lock:
+            return self._value
+
+    def set(self, value: T | None) -> T | None:
+        with self._lock:
+            self._value = value
+        return value
+
+
 @dataclass
 class AppContext:
-    catalog: ModelCatalog
+    """What every tab's `build(ctx, model_picker)` receives. Each field: who writes it."""
+
+    catalog: ModelCatalog  # app.catalog: every model on offer and the loaded ones
     assets_dir: Path
     runs_dir: Path
     cache_dir: Path
     uploads_dir: Path
-    jobs: JobManager | None = None  # the training job manager (runs in the background, under runs_dir)
-    extras: dict[str, Any] = field(default_factory=dict)
+    jobs: JobManager | None = None  # app.jobs: the training runs (in the background, under runs_dir)
+    gpt2_tokenizer: Found[Tokenizer] = field(default_factory=Found)  # app.tabs.tokens: once found or fetched
+    embeddings: EmbeddingCache = field(default_factory=EmbeddingCache)  # app.tabs.embeddings: vocabulary views
+    induction: InductionCache = field(default_factory=InductionCache)  # app.tabs.attention: induction scores
+    picker: ModelPicker = field(init=False)  # app.ui: the one writer of the shared model picker
+
+    def __post_init__(self) -> None:
+        self.picker = ModelPicker(self.catalog)
 
 
 def _path(arg: str | Path | None, env: str, default: Path) -> Path:

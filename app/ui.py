@@ -1,10 +1,12 @@
 """The assembler: header, the one shared model picker, then one tab per module in `TABS`.
 
-Owns: the page's frame and the picker's wiring (refresh, and a rescan on every page load
-so new runs appear), the `/models` API endpoint, and the options passed to `launch()`
-(Gradio 6 takes theme and CSS there, not in `gr.Blocks`). Each tab lives in
-`app/tabs/<name>.py` with `TITLE` and `build(ctx, model_picker)`; adding a tab is one line
-in `TABS`. The picker's value is per browser session (a component value, never a global).
+Owns: the page's frame, the shared model picker (`ModelPicker`: the one writer of its
+choices, always for the visitor's own session, so their uploads and folders stay listed; a
+rescan on ↻ and on every page load, so new runs appear), the `/models` API endpoint, and
+the options passed to `launch()` (Gradio 6 takes theme and CSS there, not in `gr.Blocks`).
+Each tab lives in `app/tabs/<name>.py` with `TITLE` and `build(ctx, model_picker)`; adding a
+tab is one line in `TABS`. The picker's value is per browser session (a component value,
+never a global).
 Does not own: any tab's content, the models (`ctx.catalog`).
 """
 
@@ -12,11 +14,15 @@ from __future__ import annotations
 
 import importlib
 import os
+from typing import TYPE_CHECKING
 
 import gradio as gr
 
-from app.context import AppContext
-from app.tabs import md_escape
+from app.tabs import md_escape, session_of
+
+if TYPE_CHECKING:
+    from app.catalog import ModelCatalog
+    from app.context import AppContext
 
 # The tabs, in page order: each name is a module in app/tabs/ with TITLE and build(ctx, model_picker).
 TABS = (
@@ -32,6 +38,28 @@ INTRO = ("A visual LLM playground: follow text through a small GPT, from tokens 
          "through attention to the next-token probabilities, and train one yourself.")
 
 
+class ModelPicker:
+    """Updates for the shared model picker, each made for one request's browser session: the
+    catalog's models plus that visitor's own uploads and folders. A tab that wants the picker
+    rescanned returns `ctx.picker.update(request)` (with `select=key` to pick a model too) as
+    the picker's new value, and never builds the choices itself."""
+
+    def __init__(self, catalog: ModelCatalog):
+        self.catalog = catalog
+
+    def update(self, request: gr.Request | None, select: str | None = None) -> gr.Dropdown:
+        """Rescanned choices for this visitor; the picked model stays unless `select` names one
+        (which fires the picker's change event)."""
+        choices = self.catalog.choices(session_of(request), current=select)
+        return gr.Dropdown(choices=choices) if select is None else gr.Dropdown(choices=choices, value=select)
+
+    def refresh(self, current: str | None, request: gr.Request | None) -> gr.Dropdown:
+        """Rescanned choices for this visitor, keeping `current` if still offered (else the default)."""
+        choices = self.catalog.choices(session_of(request), current=current)
+        value = current if current in {k for _, k in choices} else self.catalog.default_key()
+        return gr.Dropdown(choices=choices, value=value)
+
+
 def _notice(ctx: AppContext) -> str:
     text = ctx.catalog.notice()
     return f"⚠️ {md_escape(text)}" if text else ""
@@ -44,10 +72,7 @@ def build_app(ctx: AppContext) -> gr.Blocks:
     def refresh(current: str | None, request: gr.Request):
         """Rescan the catalog (this session's own uploads and folders included); keep this
         session's choice if it is still offered."""
-        choices = catalog.choices(getattr(request, "session_hash", None), current=current)
-        keys = {k for _, k in choices}
-        value = current if current in keys else catalog.default_key()
-        return gr.Dropdown(choices=choices, value=value), _notice(ctx)
+        return ctx.picker.refresh(current, request), _notice(ctx)
 
     def models() -> list[dict]:
         """The models on offer to everyone: key (pass it to /model_info and other endpoints), label,

@@ -142,3 +142,17 @@ def test_search_markup_stays_text(page, app_url):
     expect(page.locator('#emb-vocab-plot .modebar-btn[data-title="Download plot as a PNG"]')).to_have_count(1)
     assert page.dialogs == []
     assert page.external_requests == []
+
+
+def test_over_training_loads_through_the_catalog_within_its_budget(tmp_path, bpe_tokenizer):
+    V = bpe_tokenizer.vocab_size
+    runs = tmp_path / "runs"
+    for i, name in enumerate(("step-100", "step-200", "best", "latest")):
+        checkpoint.save(runs / "r1" / name, make_model(V, seed=i), bpe_tokenizer, {"step": 100 * (i + 1)})
+    ctx = make_context(runs_dir=runs, bundled=tmp_path / "none", cache_dir=tmp_path / "cache", max_resident=2)
+    over = handler(build_app(ctx), "over_training")
+    ctx.catalog.get("run:r1/latest")  # what the picker would have loaded; then the other three are read
+    fig, note = over("run:r1/latest")
+    assert "4 distinct" in note
+    resident = ctx.catalog.resident()  # the run's checkpoints came through the catalog, two at most at once
+    assert len(resident) == 2 and all(k.startswith("run:r1/") for k in resident)

@@ -2,11 +2,13 @@
 
 `build` creates the tab's components and wires its events inside the surrounding
 `gr.Blocks` (the assembler, `app.ui`, wraps it in a `gr.Tab`); it reads the selected model
-key from `model_picker`, the one `gr.Dropdown` shared by every tab.
+key from `model_picker`, the one `gr.Dropdown` shared by every tab, and changes it only by
+returning `ctx.picker.update(request)` (`app.ui.ModelPicker`: the visitor's own models stay listed).
 
 This module also holds the few helpers every tab uses: turning `ValueError`s into
 `gr.Error` toasts (escaped: Gradio renders toast messages as HTML), escaping user text
-for `gr.Markdown`, and human-readable numbers. It owns no state.
+for `gr.Markdown`, the browser session of a request, and human-readable numbers. It owns no
+state.
 """
 
 from __future__ import annotations
@@ -35,6 +37,11 @@ def user_errors(fn: F) -> F:
             raise gr.Error(html.escape(str(e), quote=False), print_exception=False) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+def session_of(request: gr.Request | None) -> str | None:
+    """The browser session's id (what it added to the catalog is listed for it alone)."""
+    return getattr(request, "session_hash", None) if request is not None else None
 
 
 def md_escape(text: object) -> str:

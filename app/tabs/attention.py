@@ -44,7 +44,7 @@ STATS_HEADERS = ["head", "layer", "index"] + [label for label, _ in A.STATS.valu
 
 class InductionCache:
     """Each model's induction scores (they do not depend on the text): measured on the first
-    view of a model, kept while the model object lives. One per app, in `ctx.extras`."""
+    view of a model, kept while the model object lives. One per app: `ctx.induction`."""
 
     def __init__(self):
         self._scores: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
@@ -294,7 +294,7 @@ def model_controls(catalog, key):
 
 def build(ctx, model_picker: gr.Dropdown) -> None:
     catalog = ctx.catalog
-    induction = ctx.extras.setdefault("attention.induction", InductionCache())
+    induction = ctx.induction
     r = {"vectors": (None, None), "view": "grid", "query": -1}  # the first view, shown when the tab opens
     L, nh = 1, 1
     try:

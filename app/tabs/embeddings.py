@@ -1,10 +1,11 @@
 """The Embeddings tab: token, positional and contextual embeddings of the picked model,
 and how token embeddings moved over a training run.
 
-Owns the tab's components and events, and `EmbeddingCache` (one per app, kept in
-`ctx.extras`): the whole-vocabulary analysis of the last few models (PCA, classes,
-neighbour index, recall), the aligned checkpoints of the last few runs, and the folder
-where CSV exports are written (the newest few kept). Public endpoint: `/embeddings`
+Owns the tab's components and events, and `EmbeddingCache` (one per app: `ctx.embeddings`):
+the whole-vocabulary analysis of the last few models (PCA, classes, neighbour index, recall),
+the aligned checkpoints of the last few runs, and the folder where CSV exports are written
+(the newest few kept). Every checkpoint it reads, a run's for "over training" too, comes from
+the catalog, so the loaded models stay within the catalog's memory budget. Public endpoint: `/embeddings`
 (model key, "2D" | "3D", search → the vocabulary map, a summary and the CSV); the other
 events are private.
 Does not own: the maths (`core.inspect.embeddings`), drawing (`app.figures.embeddings`),
@@ -50,7 +51,15 @@ class EmbeddingCache:
         self._lock = threading.Lock()
         self._vocab: OrderedDict[str, tuple[weakref.ref, emb.VocabView]] = OrderedDict()
         self._runs: OrderedDict[tuple, tuple] = OrderedDict()
-        self.export_dir = Path(tempfile.mkdtemp(prefix="glassbox-embeddings-"))
+        self._export_dir: Path | None = None
+
+    @property
+    def export_dir(self) -> Path:
+        """Made on the first export, so a context that never exports leaves no folder behind."""
+        with self._lock:
+            if self._export_dir is None:
+                self._export_dir = Path(tempfile.mkdtemp(prefix="glassbox-embeddings-"))
+            return self._export_dir
 
     def _put(self, table: OrderedDict, key, value) -> None:
         with self._lock:
@@ -122,7 +131,7 @@ def vocab_summary(view: emb.VocabView, n_matches: int | None, search: str) -> st
 
 def build(ctx, model_picker: gr.Dropdown) -> None:
     catalog = ctx.catalog
-    cache: EmbeddingCache = ctx.extras.setdefault("embeddings", EmbeddingCache())
+    cache: EmbeddingCache = ctx.embeddings
 
     @user_errors
     def show_vocab(key: str, dims: str, search: str):
@@ -204,23 +213,28 @@ def build(ctx, model_picker: gr.Dropdown) -> None:
         stamp = tuple((e.key, (e.path / checkpoint.MODEL_FILE).stat().st_mtime_ns) for e in members)
 
         def compute():
-            cks = [(e, checkpoint.load(e.path, device="cpu", max_bytes=catalog.max_bytes)) for e in members]
-            cks.sort(key=lambda t: (int(t[1].meta.get("step") or 0), t[0].key))
-            V = min(cks[0][1].config.vocab_size, MAX_TRAINING_TOKENS)
+            # one checkpoint at a time through the catalog (its memory budget holds): only a copy of
+            # the first token rows is kept, so an evicted model is not held on to here
+            rows = []
+            for e in members:
+                ck = catalog.get(e.key)
+                wte = ck.model.transformer.wte.weight.detach()[:MAX_TRAINING_TOKENS].to("cpu", copy=True)
+                rows.append((int(ck.meta.get("step") or 0), e.key, ck.meta.get("step"), wte, ck.tokenizer))
+            rows.sort(key=lambda r: (r[0], r[1]))
+            V = min(r[3].shape[0] for r in rows)
             mats, names = [], []
-            for e, c in cks:  # `best` and `latest` are often the same step: draw those weights once
-                W = c.model.transformer.wte.weight[:V].detach()
-                name = e.key.removeprefix(f"run:{run}").lstrip("/") or run
-                if mats and names[-1][1] == c.meta.get("step") and mats[-1].shape == W.shape \
-                        and torch.equal(mats[-1], W):
+            for _, key, step, wte, _ in rows:  # `best` and `latest` are often the same step: draw those weights once
+                W = wte[:V]
+                name = key.removeprefix(f"run:{run}").lstrip("/") or run
+                if mats and names[-1][1] == step and mats[-1].shape == W.shape and torch.equal(mats[-1], W):
                     names[-1] = (f"{names[-1][0]} = {name}", names[-1][1])
                     continue
                 mats.append(W)
-                names.append((name, c.meta.get("step")))
+                names.append((name, step))
             coords, proj, disp = emb.align_checkpoints(mats)
             names = [f"{n} · step {'?' if st is None else st}" for n, st in names]
-            tok = cks[-1][1].tokenizer
-            return coords, proj, disp, names, emb.token_labels(tok, V), emb.token_classes(tok, V), len(cks)
+            tok = rows[-1][4]
+            return coords, proj, disp, names, emb.token_labels(tok, V), emb.token_classes(tok, V), len(rows)
 
         coords, proj, disp, names, labels, classes, n_files = cache.run(stamp, compute)
         fig = figs.training_steps(coords, labels, classes, names, disp, proj.explained,

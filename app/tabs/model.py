@@ -20,7 +20,7 @@ import gradio as gr
 
 from app.figures import model as figures
 from app.catalog import ModelCatalog, ModelEntry
-from app.tabs import fmt_bytes, fmt_int, md_escape, user_errors
+from app.tabs import fmt_bytes, fmt_int, md_escape, session_of, user_errors
 from core.checkpoint import Checkpoint
 
 TITLE = "Model"
@@ -157,16 +157,6 @@ def render(info: dict | None):
             figures.params_by_kind(info["params_by_kind"]), info["meta"])
 
 
-def session_of(request: gr.Request | None) -> str | None:
-    """The browser session's id (what it added to the catalog is listed for it alone)."""
-    return getattr(request, "session_hash", None) if request is not None else None
-
-
-def picker_update(catalog: ModelCatalog, key: str, request: gr.Request | None = None) -> Any:
-    """Refresh the shared picker's choices for this session and select `key` (fires its change event)."""
-    return gr.Dropdown(choices=catalog.choices(session_of(request), current=key), value=key)
-
-
 def build(ctx, model_picker: gr.Dropdown) -> None:
     catalog: ModelCatalog = ctx.catalog
 
@@ -225,7 +215,7 @@ def build(ctx, model_picker: gr.Dropdown) -> None:
 
     def loaded(key: str, request: gr.Request | None):
         gr.Info(f"Loaded {html.escape(catalog.entry(key).label, quote=False)}")
-        return picker_update(catalog, key, request)
+        return ctx.picker.update(request, select=key)
 
     @user_errors
     def load_upload(paths, request: gr.Request):

@@ -47,8 +47,8 @@ def _num(x, fmt: str = ".2f") -> str:
 
 def gpt2_tokenizer(ctx) -> Tokenizer | None:
     """GPT-2's tokenizer when this machine has it: a loaded GPT-2 model's, or the local
-    Hugging Face cache (found once per app, kept in `ctx.extras`). Never downloads."""
-    found = ctx.extras.get("gpt2_tokenizer")
+    Hugging Face cache (found once per app, kept in `ctx.gpt2_tokenizer`). Never downloads."""
+    found = ctx.gpt2_tokenizer.get()
     if found is None:
         for key in ctx.catalog.resident():
             try:
@@ -59,7 +59,7 @@ def gpt2_tokenizer(ctx) -> Tokenizer | None:
                 return tok
         found = T.find_gpt2_tokenizer(ctx.catalog.hub_cache_dir)
         if found is not None:
-            ctx.extras["gpt2_tokenizer"] = found
+            ctx.gpt2_tokenizer.set(found)
     return found
 
 
@@ -276,7 +276,7 @@ def build(ctx, model_picker: gr.Dropdown) -> None:
     def fetch_gpt2(key, txt, colour_by, lab):
         """Download GPT-2's tokenizer once (offline: says it is unavailable), then redraw."""
         if gpt2_tokenizer(ctx) is None:
-            ctx.extras["gpt2_tokenizer"] = T.fetch_gpt2_tokenizer(ctx.catalog.hub_cache_dir, offline=hub_offline())
+            ctx.gpt2_tokenizer.set(T.fetch_gpt2_tokenizer(ctx.catalog.hub_cache_dir, offline=hub_offline()))
             gr.Info("GPT-2's tokenizer is ready: it is the last row")
         return tokenize(key, txt, colour_by, lab)
 

@@ -257,7 +257,7 @@ def build(ctx, model_picker: gr.Dropdown) -> None:
         st = jobs.resume(target, steps=steps_v if steps_v and steps_v > jobs.status(target)["step"] else None)
         return st["job"], REFRESH
 
-    def tick(job, seen_v, compared):
+    def tick(job, seen_v, compared, request: gr.Request):
         """Redraw only when the run changed; refresh the runs list and the model picker when a
         checkpoint appears or the state changes (the picker keeps each visitor's choice)."""
         v = jobs.version(job or None)
@@ -277,7 +277,7 @@ def build(ctx, model_picker: gr.Dropdown) -> None:
         return (status_markdown(st), progress_html(st),
                 figures.loss_curve(st["losses"], st["evals"], st["vocab_size"], st["total"]),
                 figures.lr_curve(st["lrs"], st["total"]), st["sample"], out_seen,
-                gr.Dropdown(choices=catalog.choices()) if changed and st["checkpoints"] else gr.skip(),
+                ctx.picker.update(request) if changed and st["checkpoints"] else gr.skip(),
                 run_rows(runs) if runs is not None else gr.skip(),
                 gr.Dropdown(choices=names, value=v[0]) if names is not None else gr.skip(),
                 *compare_out)
