@@ -1,10 +1,11 @@
-"""The training command line: `python -m core.train ...` (this module holds its parser).
+"""The command lines: `python -m core.train ...` and `python -m core.generate ...` (their parsers).
 
 Owns: turning flags into a corpus, a tokenizer, a token split, a `GPTConfig` and a
 `TrainConfig`, running the `Trainer`, printing its events (human lines, or one JSON
 object per line with `--json`), and turning SIGTERM / SIGINT into a clean stop (OUT/latest
 saved, a `stopped` event, exit 0). `prepare_data` is shared with the app's job manager.
-Does not own: the loop itself (`core.train`).
+`generate_main`: a checkpoint and a prompt in, greedy / sampled / beam-search text out.
+Does not own: the loop itself (`core.train`), the decoding (`core.generate`, `core.beam`).
 """
 
 from __future__ import annotations
@@ -14,11 +15,14 @@ import json
 import math
 import signal
 import sys
+import time
 from pathlib import Path
 
 from . import checkpoint as ckpt
+from .beam import beam_search
 from .config import PRESETS, GPTConfig, TrainConfig, preset
 from .data import SYNTHETIC_CORPORA, TokenSplit, load_corpus, split_tokens
+from .generate import generate
 from .tokenizer import Tokenizer
 from .train import Trainer, init_distributed
 
@@ -235,3 +239,50 @@ def train_main(argv: list[str] | None = None) -> int:
         gc.collect()
         tdist.destroy_process_group()
     return {"done": 0, "stopped": 0}.get(final["kind"], 1)
+
+
+# --------------------------------------------------------------------------------------
+# python -m core.generate (here, not in core.generate, so that module needs no other strategy)
+
+
+def generate_main(argv: list[str] | None = None) -> int:
+    """`python -m core.generate CHECKPOINT --prompt TEXT [--beams N] [--json]`: prints the text."""
+    p = argparse.ArgumentParser(prog="python -m core.generate", description="Generate text from a checkpoint.")
+    p.add_argument("checkpoint", help="a Glassbox or Hugging Face GPT-2-layout folder")
+    p.add_argument("--prompt", default="\n")
+    p.add_argument("--max-new-tokens", type=int, default=200)
+    p.add_argument("--temperature", type=float, default=0.8)
+    p.add_argument("--top-k", type=int, default=None)
+    p.add_argument("--top-p", type=float, default=None)
+    p.add_argument("--min-p", type=float, default=None)
+    p.add_argument("--repetition-penalty", type=float, default=1.0)
+    p.add_argument("--greedy", action="store_true")
+    p.add_argument("--beams", type=int, default=0, help="beam search with this width (0 = off)")
+    p.add_argument("--length-penalty", type=float, default=1.0, help="beam search: score / length**this")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of the text")
+    a = p.parse_args(argv)
+    try:
+        ck = ckpt.load(a.checkpoint, device=a.device)
+        if ck.tokenizer is None:
+            raise ValueError(f"{a.checkpoint} has no tokenizer files")
+        ids = ck.tokenizer.encode(a.prompt)
+        t0 = time.perf_counter()
+        if a.beams:
+            new = beam_search(ck.model, ids, a.max_new_tokens, num_beams=a.beams, length_penalty=a.length_penalty,
+                              eot_id=ck.tokenizer.eot_id).tokens
+        else:
+            new = generate(ck.model, ids, a.max_new_tokens, temperature=a.temperature, top_k=a.top_k,
+                           top_p=a.top_p, min_p=a.min_p, repetition_penalty=a.repetition_penalty,
+                           greedy=a.greedy, seed=a.seed, eot_id=ck.tokenizer.eot_id)
+        dt = time.perf_counter() - t0
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    text = ck.tokenizer.decode(new)
+    if a.json:
+        print(json.dumps({"prompt": a.prompt, "text": text, "ids": new, "tokens_per_s": len(new) / max(dt, 1e-9)}))
+    else:
+        print(a.prompt + text)
+    return 0

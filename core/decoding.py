@@ -13,12 +13,11 @@ token ids with their tokenizer), drawing or the web page (`app/`).
 from __future__ import annotations
 
 import math
+from collections import deque
 from dataclasses import asdict, dataclass, field, fields
 
-from collections import deque
-
 from .beam import BeamSearch
-from .generate import Sampling, Step, _loop_rows, check_top, steps
+from .generate import Sampling, Step, check_top, decode_rows, steps
 from .model import GPT
 
 METHODS = ("greedy", "sample", "top_k", "top_p", "min_p", "beam")
@@ -29,7 +28,8 @@ MAX_SWEEP_RUNS = 64
 MAX_SEED = 2**63 - 1
 
 
-def _shown(value) -> str:
+def short_repr(value) -> str:
+    """`repr(value)` cut to 40 characters, for an error message that quotes what it was given."""
     text = repr(value)
     return text if len(text) <= 40 else text[:39] + "…"
 
@@ -46,7 +46,7 @@ def as_int(name: str, value) -> int:
             return int(value.strip())
         except ValueError:
             pass
-    raise ValueError(f"{name} must be an integer, got {_shown(value)}")
+    raise ValueError(f"{name} must be an integer, got {short_repr(value)}")
 
 
 def as_float(name: str, value) -> float:
@@ -58,7 +58,7 @@ def as_float(name: str, value) -> float:
             return float(value.strip())
         except ValueError:
             pass
-    raise ValueError(f"{name} must be a number, got {_shown(value)}")
+    raise ValueError(f"{name} must be a number, got {short_repr(value)}")
 
 
 def check_seed(seed) -> int:
@@ -104,7 +104,7 @@ class Method:
         if "method" in d:
             d["kind"] = d.pop("method")
         if not isinstance(d.get("kind", "greedy"), str):
-            raise ValueError(f"kind must be a method name, got {_shown(d['kind'])}")
+            raise ValueError(f"kind must be a method name, got {short_repr(d['kind'])}")
         for name in ("top_k", "num_beams"):
             if d.get(name) is not None:
                 d[name] = as_int(name, d[name])
@@ -223,12 +223,12 @@ class Column:
 
 class _Rows:
     """The steps of several sampling columns, decoded together as the rows of one batch
-    (`core.generate._loop_rows`); each column takes its own row's steps, in order."""
+    (`core.generate.decode_rows`); each column takes its own row's steps, in order."""
 
     def __init__(self, model: GPT, ids: list[int], methods: list[Method], max_new_tokens: int,
                  seeds: list[int | None], eot_id: int | None, top: int):
         check_top(top)
-        self._it = _loop_rows(model, ids, max_new_tokens, [m.sampling() for m in methods], seeds, eot_id, True, top)
+        self._it = decode_rows(model, ids, max_new_tokens, [m.sampling() for m in methods], seeds, eot_id, True, top)
         self._queues: list[deque] = [deque() for _ in methods]
 
     def next(self, row: int) -> Step:
@@ -252,7 +252,7 @@ def columns(model: GPT, ids: list[int], methods: list[Method], max_new_tokens: i
     that sample (every kind but beam search) are decoded together: one batched forward per step
     for all of them, which reads the model's weights once rather than once per column. A column
     picks as it would alone from the same logits; its logits come from a batch and agree with a
-    lone run's to float rounding (see `core.generate._loop_rows`), and its step times include
+    lone run's to float rounding (see `core.generate.decode_rows`), and its step times include
     the shared forward."""
     if len(seeds) != len(methods):
         raise ValueError(f"give one seed per method (got {len(seeds)} seeds for {len(methods)} methods)")

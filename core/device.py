@@ -84,11 +84,6 @@ class Placement:
         return str(self.dtype).removeprefix("torch.")
 
 
-def placement(device: str = "auto", dtype: str = "auto") -> Placement:
-    dev = pick_device(device)
-    return Placement(dev, pick_dtype(dev, dtype))
-
-
 # Dense bf16 peak FLOP/s per device, for MFU (tensor-core dense numbers, no sparsity).
 PEAK_FLOPS = {
     "H100 SXM": 989e12,

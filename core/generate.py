@@ -4,17 +4,16 @@ Owns: greedy decoding and sampling with a repetition penalty and the filter chai
 temperature → top-k → top-p → min-p, on the KV cache, seeded by a private
 `torch.Generator` so a run is reproducible; the per-step trace (`Step`: the top
 candidates and their probabilities before and after each filter, the chosen token, its
-rank and probability under the model, the entropy, the timings); and the CLI
-`python -m core.generate CHECKPOINT --prompt TEXT`. The generator knows only token ids;
-text is the caller's business (the CLI uses the checkpoint's tokenizer).
+rank and probability under the model, the entropy, the timings). The generator knows only
+token ids; text is the caller's business. `python -m core.generate CHECKPOINT --prompt TEXT`
+runs the command line, whose parser lives in `core.cli` (so this module imports no other
+decoding strategy: `core.beam` builds on it).
 Does not own: the model (`core.model`), beam search (`core.beam`), the decoding lab's
 methods and metrics (`core.decoding`).
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import math
 import sys
 import time
@@ -175,10 +174,6 @@ class Step:
         return dict(self.__dict__)
 
 
-def entropy_bits(logits: torch.Tensor) -> float:
-    return _entropy_bits(F.log_softmax(logits.float(), dim=-1))
-
-
 def _entropy_bits(logp: torch.Tensor) -> float:
     h = -(logp.exp() * logp).nan_to_num(0.0).sum(dim=-1)  # nats; 0·log 0 counts as 0
     return float(h.clamp_min(0.0)) / LN2
@@ -248,7 +243,7 @@ def check_prompt(model: GPT, ids: list[int], max_new_tokens: int) -> None:
 # leaves it at each yield, so a half-consumed generator never leaves the caller's thread with
 # autograd switched off.
 @torch.inference_mode()
-def _loop_rows(model: GPT, ids: list[int], max_new_tokens: int, samplings: list[Sampling],
+def decode_rows(model: GPT, ids: list[int], max_new_tokens: int, samplings: list[Sampling],
                seeds: list[int | None], eot_id: int | None, use_cache: bool, top: int | None) -> Iterator[list]:
     """Decode one prompt several ways at once: row r samples with `samplings[r]` from its own
     generator (`seeds[r]`) and stops at its own end-of-text. Each step yields one item per row:
@@ -351,8 +346,8 @@ def _loop_rows(model: GPT, ids: list[int], max_new_tokens: int, samplings: list[
 
 def _loop(model: GPT, ids: list[int], max_new_tokens: int, s: Sampling, seed: int | None,
           eot_id: int | None, use_cache: bool, top: int | None) -> Iterator:
-    """`_loop_rows` with one row: yields its items."""
-    for (item,) in _loop_rows(model, ids, max_new_tokens, [s], [seed], eot_id, use_cache, top):
+    """`decode_rows` with one row: yields its items."""
+    for (item,) in decode_rows(model, ids, max_new_tokens, [s], [seed], eot_id, use_cache, top):
         yield item
 
 
@@ -382,51 +377,7 @@ def generate(model: GPT, ids: list[int], max_new_tokens: int, *, temperature: fl
     return list(stream(model, ids, max_new_tokens, s, seed=seed, eot_id=eot_id, use_cache=use_cache))
 
 
-def main(argv: list[str] | None = None) -> int:
-    from .checkpoint import load  # local import: generation itself needs no files
-
-    p = argparse.ArgumentParser(prog="python -m core.generate", description="Generate text from a checkpoint.")
-    p.add_argument("checkpoint", help="a Glassbox or Hugging Face GPT-2-layout folder")
-    p.add_argument("--prompt", default="\n")
-    p.add_argument("--max-new-tokens", type=int, default=200)
-    p.add_argument("--temperature", type=float, default=0.8)
-    p.add_argument("--top-k", type=int, default=None)
-    p.add_argument("--top-p", type=float, default=None)
-    p.add_argument("--min-p", type=float, default=None)
-    p.add_argument("--repetition-penalty", type=float, default=1.0)
-    p.add_argument("--greedy", action="store_true")
-    p.add_argument("--beams", type=int, default=0, help="beam search with this width (0 = off)")
-    p.add_argument("--length-penalty", type=float, default=1.0, help="beam search: score / length**this")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--json", action="store_true", help="print one JSON object instead of the text")
-    a = p.parse_args(argv)
-    try:
-        ck = load(a.checkpoint, device=a.device)
-        if ck.tokenizer is None:
-            raise ValueError(f"{a.checkpoint} has no tokenizer files")
-        ids = ck.tokenizer.encode(a.prompt)
-        t0 = time.perf_counter()
-        if a.beams:
-            from .beam import beam_search
-
-            new = beam_search(ck.model, ids, a.max_new_tokens, num_beams=a.beams, length_penalty=a.length_penalty,
-                              eot_id=ck.tokenizer.eot_id).tokens
-        else:
-            new = generate(ck.model, ids, a.max_new_tokens, temperature=a.temperature, top_k=a.top_k,
-                           top_p=a.top_p, min_p=a.min_p, repetition_penalty=a.repetition_penalty,
-                           greedy=a.greedy, seed=a.seed, eot_id=ck.tokenizer.eot_id)
-        dt = time.perf_counter() - t0
-    except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    text = ck.tokenizer.decode(new)
-    if a.json:
-        print(json.dumps({"prompt": a.prompt, "text": text, "ids": new, "tokens_per_s": len(new) / max(dt, 1e-9)}))
-    else:
-        print(a.prompt + text)
-    return 0
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    from .cli import generate_main
+
+    sys.exit(generate_main())

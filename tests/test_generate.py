@@ -137,7 +137,7 @@ def test_max_new_tokens_is_respected(model):
 def test_cli_prints_json(tiny_ckpt, capsys):
     import json
 
-    from core.generate import main
+    from core.cli import generate_main as main
 
     assert main([str(tiny_ckpt), "--prompt", "First", "--max-new-tokens", "6", "--greedy", "--json"]) == 0
     out = json.loads(capsys.readouterr().out)

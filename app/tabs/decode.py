@@ -60,12 +60,13 @@ def prepare(catalog, key, prompt: str, columns, max_new_tokens):
         raise ValueError(f"max_new_tokens={n} must be between 1 and {MAX_NEW_TOKENS}")
     if columns is not None and not isinstance(columns, (list, tuple)):
         raise ValueError('columns must be a list of settings, e.g. [{"kind": "greedy"}, {"kind": "top_p", '
-                         f'"top_p": 0.9}}], got {D._shown(columns)}')
+                         f'"top_p": 0.9}}], got {D.short_repr(columns)}')
     if not columns or not 1 <= len(columns) <= MAX_COLUMNS:
         raise ValueError(f"give between 1 and {MAX_COLUMNS} columns (got {len(columns or [])})")
     for i, c in enumerate(columns, 1):
         if c is not None and not isinstance(c, dict):
-            raise ValueError(f'column {i} must be a dict of settings such as {{"kind": "greedy"}}, got {D._shown(c)}')
+            raise ValueError(f'column {i} must be a dict of settings such as {{"kind": "greedy"}}, '
+                             f'got {D.short_repr(c)}')
     methods = [D.Method.from_dict(c) for c in columns]
     if any(m.kind == "beam" and m.num_beams > MAX_BEAMS for m in methods):
         raise ValueError(f"num_beams must be at most {MAX_BEAMS} here")
