@@ -110,7 +110,7 @@ def run_rows(runs: list[dict]) -> list[list]:
 
 
 def build(ctx, model_picker: gr.Dropdown) -> None:
-    jobs, catalog = ctx.jobs, ctx.catalog
+    jobs = ctx.jobs
     zip_dir = Path(tempfile.gettempdir()) / "glassbox-downloads"
 
     def settings_from(corpus, text, tokenizer, vocab_size, preset, n_layer, n_head, n_embd, block_size, steps,
