@@ -142,6 +142,29 @@ def test_hub_offline_fails_fast_with_a_clear_message(catalog, monkeypatch, no_ne
             catalog.add_hub(bad)
 
 
+def _hub_cache(cache: Path, repo: str, folder: Path) -> None:
+    """`folder` laid out as the Hugging Face cache keeps a downloaded model (refs/main -> a snapshot)."""
+    base, commit = cache / f"models--{repo.replace('/', '--')}", "0" * 40
+    (base / "refs").mkdir(parents=True)
+    (base / "refs" / "main").write_text(commit)
+    shutil.copytree(folder, base / "snapshots" / commit)
+
+
+def test_hub_model_in_the_local_cache_loads_offline_and_its_size_is_checked_first(catalog, tmp_path, tiny_bpe_ckpt,
+                                                                                   runs, monkeypatch, no_network):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    ck = checkpoint.load(tiny_bpe_ckpt)
+    _hub_cache(tmp_path / "hub", "someone/tiny-gpt2", checkpoint.export_hf_gpt2(ck.model, ck.tokenizer,
+                                                                                tmp_path / "export"))
+    key = catalog.add_hub("https://huggingface.co/someone/tiny-gpt2")
+    assert key == "hub:someone/tiny-gpt2" and key in keys(catalog) and key in keys(catalog, "anyone")
+    assert catalog.get(key).kind == "hf-gpt2" and catalog.add_hub("someone/tiny-gpt2") == key
+    small = ModelCatalog(bundled=None, runs_dir=runs, uploads_dir=tmp_path / "up", hub_cache_dir=tmp_path / "hub",
+                         max_bytes=ck.config.memory_bytes(4) - 1)
+    with pytest.raises(ValueError, match=r"someone/tiny-gpt2 has [\d,]+ parameters .* over this server's limit"):
+        small.add_hub("someone/tiny-gpt2")  # refused from config.json, before any weights are read
+
+
 def _upload_files(tmp_path, tiny_ckpt, names=("model.safetensors", "config.json", "tokenizer.json", "meta.json")):
     src = tmp_path / "browser"
     src.mkdir(exist_ok=True)
