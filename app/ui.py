@@ -20,6 +20,7 @@ from app.tabs import md_escape
 
 # The tabs, in page order: each name is a module in app/tabs/ with TITLE and build(ctx, model_picker).
 TABS = (
+    "walkthrough",
     "model",
     "train",
     "tokens",
