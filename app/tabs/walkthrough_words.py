@@ -134,6 +134,9 @@ def _pick(d: dict) -> tuple[str, str]:
     notice = (f"Greedy, four steps: {steps}. When one token dominates, all three rules agree; when the distribution "
               "is flat, sampling makes every run different (the seed fixes it here). Each step reuses the keys and "
               "values of the earlier tokens (the KV cache) instead of recomputing them.")
+    if p["steps_context"] < d["n_tokens"]:
+        notice += (f" (The steps start from the last {p['steps_context']:,} tokens, which leaves room in the "
+                   "model's block for the new ones.)")
     return prose, notice
 
 

@@ -290,12 +290,17 @@ def _pick(model: GPT, ids: list[int], logits: torch.Tensor, tok) -> dict:
     samplers = [("greedy", G.Sampling(greedy=True)), ("top_k", G.Sampling(top_k=TOP_K)),
                 ("top_p", G.Sampling(top_p=TOP_P))]
     picks = [_picked(logits, s, tok, name) for name, s in samplers]
+    # a text that fills the block would slide the context (a full forward per step): keep the
+    # cache's room for the new tokens instead, by starting from the last tokens that leave it
+    room = model.config.block_size - (1 + MORE_STEPS)
+    context = ids if len(ids) <= room else ids[-max(1, room):]
     steps = []
-    for st in G.steps(model, ids, 1 + MORE_STEPS, G.Sampling(greedy=True), seed=SEED, top=5):
+    for st in G.steps(model, context, 1 + MORE_STEPS, G.Sampling(greedy=True), seed=SEED, top=5):
         steps.append({"id": st.token, "label": _label(tok, st.token), "prob": _f(st.prob),
                       "top": [{"id": int(c), "label": _label(tok, c), "prob": _f(p)}
                               for c, p in zip(st.candidates, st.stages["model"])][:5]})
     return {"position": len(ids) - 1, "top_k": TOP_K, "top_p": TOP_P, "seed": SEED, "picks": picks,
+            "steps_context": len(context),
             "top": _top(F.softmax(logits, -1), tok, 15), "steps": steps,
             "appended": "".join(s["label"] for s in steps)}
 
