@@ -14,7 +14,6 @@ import pytest
 import torch
 
 from app.catalog import BUNDLED_KEY
-from core import checkpoint
 from core.inspect import walkthrough as W
 from tests.conftest import running_app
 

@@ -18,7 +18,7 @@ import numpy as np
 
 from app.figures import Fig
 from app.figures import figure as _figure
-from app.figures.attention import ATTN_SCALE, MASK_COLOR, safe
+from app.figures.attention import ATTN_SCALE, safe
 
 TILES_SHOWN = 64    # token tiles drawn (the first ones; the query's is always among them)
 KEYS_SHOWN = 40     # keys drawn in the attention stage: the last ones up to the query

@@ -53,7 +53,8 @@ if (!window.__gbWalkKeys) {
 # "Open in the X tab": select that tab and put the text (and token) in its box, in the page.
 EXPLORE_JS = """(stage, text, query) => {
   const where = {tokens: ['Tokens', '#tokens-text'], embedding: ['Embeddings', null],
-    attention: ['Attention', '#attn-text', '#attn-query'], stack: ['Embeddings', '#emb-text', null, 'Contextual embeddings'],
+    attention: ['Attention', '#attn-text', '#attn-query'],
+    stack: ['Embeddings', '#emb-text', null, 'Contextual embeddings'],
     output: ['Decode', '#dec-prompt'], pick: ['Decode', '#dec-prompt'], learn: ['Train', null]}[stage];
   if (!where) return [];
   const tab = (name) => [...document.querySelectorAll('button[role=tab]')].find((b) => b.textContent.trim() === name);

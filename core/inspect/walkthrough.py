@@ -144,7 +144,7 @@ def _fl(a, nd: int = 6) -> list:
 def _label(tok, i: int) -> str:
     try:
         return tok.display(int(i))
-    except Exception:  # an id past the tokenizer's vocab (a padded model vocab): show the number
+    except ValueError:  # an id past the tokenizer's vocab (a padded model vocab): show the number
         return f"<id {int(i)}>"
 
 
@@ -270,7 +270,8 @@ def _entropy_bits(probs: torch.Tensor) -> float:
 def _output(logits: torch.Tensor, position: int, tok) -> dict:
     probs = F.softmax(logits, -1)
     top = _top(probs, tok, TOP_N, logits)
-    return {"position": position, "top": top, "rest": _f(max(0.0, 1.0 - float(torch.topk(probs, len(top)).values.sum()))),
+    rest = max(0.0, 1.0 - float(torch.topk(probs, len(top)).values.sum()))  # the mass of every other token
+    return {"position": position, "top": top, "rest": _f(rest),
             "entropy_bits": _entropy_bits(probs), "vocab_size": int(probs.numel()),
             "uniform_prob": _f(1.0 / probs.numel(), 9)}
 
