@@ -175,13 +175,16 @@ def test_one_step_is_a_plain_adamw_step_on_a_copy_and_the_model_is_unchanged(cha
         one_step(model, ids[:1])
 
 
-def test_deterministic_json_and_the_edges(walk, char_model):
+def test_deterministic_json_and_the_edges(walk, char_model, monkeypatch):
     model, tok = char_model
     again = W.walkthrough(model, tok, TEXT, query=20, layer=1, head=2)
     assert json.dumps(again) == json.dumps(walk)  # same text, same model: the same numbers, and plain JSON
     long = W.walkthrough(model, tok, TEXT * 10, learn=False)
     assert long["truncated"] and long["n_tokens"] == 64 and long["n_tokens_in_text"] == len(tok.encode(TEXT * 10))
     assert long["query"] == 63 and long["learn"]["step"] is None and len(long["learn"]["losses"]) == 63
+    monkeypatch.setattr(W, "LEARN_TOKENS", 20)  # the step reads the first LEARN_TOKENS positions only
+    cut = W.walkthrough(model, tok, TEXT * 10)["learn"]["step"]
+    assert cut["n_tokens"] == 20 and cut["loss_before"] == pytest.approx(np.mean(long["learn"]["losses"][:20]), abs=1e-4)
     one = W.walkthrough(model, tok, "F")
     assert one["learn"]["losses"] == [] and one["learn"]["loss"] is None and "two" in one["learn"]["note"]
     with pytest.raises(ValueError, match="at least one token"):

@@ -229,4 +229,4 @@ def build(ctx, model_picker: gr.Dropdown) -> None:
     pending = gr.State(False)
     gr.on(None, from_url, None, [rail, text, query, pending], show_progress="hidden", **quiet).then(
         user_errors(lambda key, t, q, s, go: recompute(key, t, q, s) if go else (gr.skip(),) * len(outs)),
-        [*ins, pending], outs, show_progress="hidden", **heavy, **quiet)
+        [*ins, pending], outs, show_progress="minimal", **heavy, **quiet)

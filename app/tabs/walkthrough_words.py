@@ -151,8 +151,9 @@ def _learn(d: dict) -> tuple[str, str]:
              f"`loss.backward()` gives each of the {m['n_params']:,} parameters a **gradient** — which way to move "
              "it to lower the loss — and the optimizer nudges every one a little.")
     if st:
+        part = "this text" if st["n_tokens"] == len(ln["losses"]) else f"the first {st['n_tokens']:,} positions"
         prose += (f" We took exactly **one step** (AdamW, learning rate {st['lr']:g}) on a *copy* of the model: the "
-                  f"loss on this text went **{st['loss_before']:.3f} → {st['loss_after']:.3f}**. The model everyone "
+                  f"loss on {part} went **{st['loss_before']:.3f} → {st['loss_after']:.3f}**. The model everyone "
                   "is using is unchanged.")
     names = ", ".join(f"`{r['name']}`" for r in st.get("top_grads", [])[:3])
     notice = ("Tall bars are the tokens the model found surprising. "

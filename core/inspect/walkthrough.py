@@ -37,6 +37,7 @@ TOP_K = 10               # the top-k sampler's k
 TOP_P = 0.9              # the top-p sampler's p
 MORE_STEPS = 3           # generation steps shown after the first pick
 SEED = 0                 # the samplers' seed: the same text always gives the same picks
+LEARN_TOKENS = 256       # the training step reads at most this many positions (a backward costs ~2 forwards)
 
 STAGES = (
     ("tokens", "Text → tokens → ids"),
@@ -316,5 +317,5 @@ def _learn(model: GPT, ids: list[int], logits: torch.Tensor, tok, learn: bool) -
     losses = F.cross_entropy(logits[:-1], torch.tensor(ids[1:], device=logits.device), reduction="none")
     out = {**base, "losses": _fl(losses, 5), "loss": _f(losses.mean(), 5), "step": None}
     if learn:
-        out["step"] = one_step(model, ids).to_dict()
+        out["step"] = one_step(model, ids[: LEARN_TOKENS + 1]).to_dict()
     return out
