@@ -19,7 +19,7 @@ from tests.conftest import running_app
 
 ROOT = Path(__file__).resolve().parents[1]
 TEXT = "To be, or not to be, that is the"
-WAIT = 30_000  # ms for retrying assertions: two shared CPU cores, other servers busy
+WAIT = 60_000  # ms for retrying assertions: two shared CPU cores, other servers busy
 
 
 @pytest.fixture(scope="module")

@@ -50,31 +50,37 @@ if (!window.__gbWalkKeys) {
 }
 """
 
-# "Open in the X tab": select that tab and put the text (and token) in its box, in the page.
+# "Open in the X tab": select that tab and put the text (and token) in its box, in the page. Each
+# step waits for what it needs (a tab's content mounts when first shown; the Attention tab's own
+# render of the new text resets its query box, so the token goes in once that render has landed).
 EXPLORE_JS = """(stage, text, query) => {
   const where = {tokens: ['Tokens', '#tokens-text'], embedding: ['Embeddings', null],
-    attention: ['Attention', '#attn-text', '#attn-query'],
-    stack: ['Embeddings', '#emb-text', null, 'Contextual embeddings'],
+    attention: ['Attention', '#attn-text', '#attn-query', '#attn-notice'],
+    stack: ['Embeddings', '#emb-text', null, null, 'Contextual embeddings'],
     output: ['Decode', '#dec-prompt'], pick: ['Decode', '#dec-prompt'], learn: ['Train', null]}[stage];
   if (!where) return [];
-  const tab = (name) => [...document.querySelectorAll('button[role=tab]')].find((b) => b.textContent.trim() === name);
-  const put = (sel, value, submit) => {
-    const box = document.querySelector(sel + ' textarea, ' + sel + ' input');
-    if (!box) return;
-    const proto = box.tagName === 'TEXTAREA' ? HTMLTextAreaElement.prototype : HTMLInputElement.prototype;
-    Object.getOwnPropertyDescriptor(proto, 'value').set.call(box, String(value));
-    box.dispatchEvent(new Event('input', {bubbles: true}));
-    if (submit) box.dispatchEvent(new KeyboardEvent('keydown', {key: 'Enter', bubbles: true}));
+  const [name, textSel, querySel, doneSel, subTab] = where;
+  const tab = (n) => [...document.querySelectorAll('button[role=tab]')].find((b) => b.textContent.trim() === n);
+  const box = (sel) => document.querySelector(sel + ' textarea, ' + sel + ' input');
+  const until = (ok, then, left = 100) => ok() ? then() : left > 0 && setTimeout(() => until(ok, then, left - 1), 200);
+  const put = (el, value, submit) => {
+    const proto = el.tagName === 'TEXTAREA' ? HTMLTextAreaElement.prototype : HTMLInputElement.prototype;
+    Object.getOwnPropertyDescriptor(proto, 'value').set.call(el, String(value));
+    el.dispatchEvent(new Event('input', {bubbles: true}));
+    if (submit) el.dispatchEvent(new KeyboardEvent('keydown', {key: 'Enter', bubbles: true}));
   };
-  const t = tab(where[0]);
-  if (t) t.click();
-  setTimeout(() => {
-    if (where[3] && tab(where[3])) tab(where[3]).click();
-    setTimeout(() => {
-      if (where[1]) put(where[1], text, where[1] === '#emb-text');
-      if (where[2]) setTimeout(() => put(where[2], query, true), 1500);
-    }, 200);
-  }, 300);
+  if (tab(name)) tab(name).click();
+  const fill = () => {
+    if (!textSel) return;
+    until(() => box(textSel) && box(textSel).offsetParent !== null, () => {
+      const same = box(textSel).value === String(text);
+      const before = doneSel && document.querySelector(doneSel) ? document.querySelector(doneSel).textContent : '';
+      if (!same) put(box(textSel), text, textSel === '#emb-text');
+      if (querySel) until(() => (same || document.querySelector(doneSel).textContent !== before) && box(querySel),
+                          () => put(box(querySel), query, true));
+    });
+  };
+  if (subTab) until(() => tab(subTab), () => { tab(subTab).click(); fill(); }); else fill();
   return [];
 }"""
 
@@ -82,12 +88,13 @@ EXPLORE_JS = """(stage, text, query) => {
 URL_KEYS = ("step", "text", "token")
 
 
-def compute(catalog, key, text, query=-1) -> dict:
-    """Validate → the stages' numbers (core) for the model `key`."""
+def compute(catalog, key, text, query=-1, learn=True) -> dict:
+    """Validate → the stages' numbers (core) for the model `key` (`learn` False: without stage
+    7's training step, which `W.add_step` adds later)."""
     if not key:
         raise ValueError("no model is selected: pick one in the Model list at the top")
     ck = catalog.get(key)
-    d = W.walkthrough(ck.model, ck.tokenizer, text, query)
+    d = W.walkthrough(ck.model, ck.tokenizer, text, query, learn=learn)
     d["model"]["key"] = key
     return d
 
@@ -205,9 +212,15 @@ def build(ctx, model_picker: gr.Dropdown) -> None:
         the samplers' picks, the per-position losses and one training step on a copy of the model."""
         return json.loads(json.dumps(compute(catalog, key, text, query)))
 
-    def recompute(key, text, query, stage):
-        d = compute(catalog, key, text, -1 if query is None else query)
+    def recompute(key, text, query, stage):  # stages 1–6 at once; the training step follows (`learned`)
+        d = compute(catalog, key, text, -1 if query is None else query, learn=False)
         return (d, summary(d), *show(d, stage))
+
+    def learned(d, stage):
+        if not d or d["learn"].get("step") is not None:
+            return (gr.skip(),) * (1 + len(stage_out))
+        d = W.add_step(catalog.get(d["model"]["key"]).model, dict(d, learn=dict(d["learn"])))
+        return (d, *show(d, stage)) if stage == "learn" else (d, *(gr.skip(),) * len(stage_out))
 
     def move(d, stage, by):
         return show(d, max(0, min(len(W.STAGES) - 1, W.check_stage(stage) + by)))
@@ -220,8 +233,11 @@ def build(ctx, model_picker: gr.Dropdown) -> None:
     gr.api(user_errors(api), api_name="walkthrough", **heavy)
     ins = [model_picker, text, query, rail]
     outs = [state, info, *stage_out]
-    gr.on([run.click, text.submit, query.submit], user_errors(recompute), ins, outs, **heavy, **quiet)
-    model_picker.change(user_errors(recompute), ins, outs, **heavy, **quiet)
+    learn_step = dict(fn=user_errors(learned), inputs=[state, rail], outputs=[state, *stage_out],
+                      show_progress="hidden", **heavy, **quiet)
+    gr.on([run.click, text.submit, query.submit], user_errors(recompute), ins, outs, **heavy, **quiet).success(
+        **learn_step)
+    model_picker.change(user_errors(recompute), ins, outs, **heavy, **quiet).success(**learn_step)
     back.click(lambda d, s: move(d, s, -1), [state, rail], stage_out, **quiet)
     nxt.click(lambda d, s: move(d, s, +1), [state, rail], stage_out, **quiet)
     rail.input(user_errors(show), [state, rail], stage_out, **quiet)
@@ -229,4 +245,4 @@ def build(ctx, model_picker: gr.Dropdown) -> None:
     pending = gr.State(False)
     gr.on(None, from_url, None, [rail, text, query, pending], show_progress="hidden", **quiet).then(
         user_errors(lambda key, t, q, s, go: recompute(key, t, q, s) if go else (gr.skip(),) * len(outs)),
-        [*ins, pending], outs, show_progress="minimal", **heavy, **quiet)
+        [*ins, pending], outs, show_progress="minimal", **heavy, **quiet).success(**learn_step)

@@ -155,6 +155,8 @@ def _learn(d: dict) -> tuple[str, str]:
         prose += (f" We took exactly **one step** (AdamW, learning rate {st['lr']:g}) on a *copy* of the model: the "
                   f"loss on {part} went **{st['loss_before']:.3f} → {st['loss_after']:.3f}**. The model everyone "
                   "is using is unchanged.")
+    else:
+        prose += " One training step on a copy of the model is being taken now; it shows here in a moment."
     names = ", ".join(f"`{r['name']}`" for r in st.get("top_grads", [])[:3])
     notice = ("Tall bars are the tokens the model found surprising. "
               + (f"The largest gradients went to {names}. " if names else "")

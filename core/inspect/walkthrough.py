@@ -307,6 +307,15 @@ def _pick(model: GPT, ids: list[int], logits: torch.Tensor, tok) -> dict:
             "appended": "".join(s["label"] for s in steps)}
 
 
+def add_step(model: GPT, d: dict) -> dict:
+    """Stage 7's training step for a walkthrough made with `learn=False` (the page shows stages
+    1–6 first and fills this in after): `d["learn"]["step"]`, in place; `d` is returned."""
+    ids = d["tokens"]["ids"]
+    if len(ids) >= 2 and d["learn"].get("step") is None:
+        d["learn"]["step"] = one_step(model, ids[: LEARN_TOKENS + 1]).to_dict()
+    return d
+
+
 def _learn(model: GPT, ids: list[int], logits: torch.Tensor, tok, learn: bool) -> dict:
     V = model.config.vocab_size
     base = {"inputs": ids[:-1], "targets": ids[1:], "target_labels": [_label(tok, i) for i in ids[1:]],
