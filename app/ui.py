@@ -26,6 +26,7 @@ if TYPE_CHECKING:
 
 # The tabs, in page order: each name is a module in app/tabs/ with TITLE and build(ctx, model_picker).
 TABS = (
+    "walkthrough",
     "model",
     "train",
     "tokens",

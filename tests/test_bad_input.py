@@ -240,6 +240,7 @@ def test_bad_uploads_through_the_model_tab_in_chromium(env, page, tmp_path, tiny
     from playwright.sync_api import expect
 
     page.goto(env.url)
+    page.get_by_role("tab", name="Model", exact=True).click()  # the Walkthrough tab comes first
     page.get_by_text("Load another model").click()
     box = page.locator(".block", has=page.get_by_text("Checkpoint files", exact=True)).last  # the gr.File
     chosen = {c[0]: c for c in UPLOAD_CASES}
