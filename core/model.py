@@ -19,12 +19,12 @@ from __future__ import annotations
 
 import fnmatch
 import math
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Callable, Iterable
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
+from torch import nn
 
 from . import fastpath
 from .config import GPTConfig
