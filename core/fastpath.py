@@ -14,7 +14,7 @@ rows):
 
 `plan(model, x)` measures each distinct weight shape of the model at 1, 4 and 64 rows on a
 sample of its own weights (big enough to stream from memory as a real step does), about a
-second for GPT-2 124M and milliseconds for small models, and picks per shape and row bucket
+second for GPT-2 124M and a tenth of that for small models, and picks per shape and row bucket
 (1 | 2-8 | 9+); `core.machine.cached_choice` keeps the choice per machine and model shape,
 so a second load starts without measuring. Same dtype, same math: only the summation order
 inside the matmul differs, so the logits agree with `nn.Linear`'s to float rounding.
