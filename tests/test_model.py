@@ -1,4 +1,6 @@
-"""The model: fast path vs inspection path, KV cache vs recompute, the trace's names and shapes."""
+"""The model: fast path vs inspection path, KV cache vs recompute, the trace's names and shapes.
+
+The CPU inference fast path's kernels are tested in test_fastpath.py."""
 
 import pytest
 import torch
@@ -95,99 +97,18 @@ def test_describe_modules_counts_add_up(model):
     rows = model.describe_modules()
     assert sum(r["params"] for r in rows) == model.num_params()
     assert rows[0]["module"] == "transformer.wte" and rows[0]["shape"] == [50, 32]
+    assert rows[-1] == {"module": "lm_head", "shape": [50, 32], "params": 0}  # tied: counted at wte
+    assert [r["module"] for r in rows[2:8]] == [f"transformer.h.0.{m}" for m in (
+        "ln_1", "attn.c_attn", "attn.c_proj", "ln_2", "mlp.c_fc", "mlp.c_proj")]
 
 
-def _decode_logits(model, idx, chunks, **kw):
-    """Logits of a KV-cache decode fed in `chunks`, concatenated along T."""
-    cache = model.new_kv_cache(idx.size(0))
-    outs, pos = [], 0
-    for c in chunks:
-        outs.append(model(idx[:, pos:pos + c], kv_cache=cache, **kw)[0])
-        pos += c
-    return torch.cat(outs, 1)
-
-
-@pytest.mark.parametrize("min_work", [0, None], ids=["onednn", "by-size"])
-def test_decode_fast_path_equals_plain_path(model, monkeypatch, min_work):
-    """The inference fast path (no grad, eval, CPU, float32: prepacked oneDNN weights for big
-    products — forced here for every product with min_work 0 — and transposed copies for
-    small few-row ones) gives the same logits as nn.Linear's, and is only taken there."""
-    from core import model as M
-
-    if min_work is not None:
-        monkeypatch.setattr(M, "ONEDNN_MIN_WORK", min_work)
-    model.clear_decode_cache()
-    idx = torch.randint(0, 50, (2, 24))
-    chunks = [8] + [1] * 16
-    full, _ = model(idx)
-    with torch.no_grad():
-        fast = _decode_logits(model, idx, chunks)
-        assert any(M._fast_kinds(p) for p in model.parameters())  # the copies were built
-        model.decode_weight_cache = False
-        try:
-            plain = _decode_logits(model, idx, chunks)
-        finally:
-            del model.decode_weight_cache  # back to the class default
-    assert torch.allclose(fast, plain, atol=1e-5)
-    assert torch.allclose(fast, full, atol=1e-5)
-    kinds = set().union(*(M._fast_kinds(p) for p in model.parameters()))
-    if min_work == 0 and M._onednn_ok():  # every CPU build of torch this project pins has oneDNN
-        assert kinds == {"onednn"}
-    elif min_work is None:  # this model's weights are all small: transposed copies only
-        assert kinds == {"t"}
-    with torch.no_grad():  # the same copies serve a forward without a cache, the trace and the lens
-        assert torch.allclose(model(idx)[0], full, atol=1e-5)
-        tr = model.trace(idx, keep=("logits", "blocks.0.resid_post"))
-        assert torch.allclose(tr.logits, full, atol=1e-5)
-        with torch.enable_grad():
-            lens_ref = model.unembed(tr["blocks.0.resid_post"])
-        assert torch.allclose(model.unembed(tr["blocks.0.resid_post"]), lens_ref, atol=1e-5)
-    # with grad on, or in training mode, the copies are neither built nor used
-    model.clear_decode_cache()
-    assert not any(M._fast_kinds(p) for p in model.parameters())
-    _decode_logits(model, idx, chunks)
-    assert not any(M._fast_kinds(p) for p in model.parameters())
-
-
-@pytest.mark.parametrize("min_work", [0, None], ids=["onednn", "by-size"])
-def test_decode_fast_path_sees_weight_changes(model, monkeypatch, min_work):
-    """An in-place change to a weight (optimizer step, load_state_dict) makes the transposed
-    copy stale: the next decode uses the new weights."""
-    import copy
-
-    from core import model as M
-
-    if min_work is not None:
-        monkeypatch.setattr(M, "ONEDNN_MIN_WORK", min_work)
-    m = copy.deepcopy(model)
-    idx = torch.randint(0, 50, (1, 12))
-    with torch.no_grad():
-        _decode_logits(m, idx, [4] + [1] * 8)  # builds the copies
-        m.transformer.h[1].mlp.c_fc.weight.mul_(3.0)
-        m.transformer.wte.weight.add_(0.1)  # the tied output head
-        with torch.enable_grad():  # grad on: the plain nn.Linear path, the reference
-            full, _ = m(idx)
-        fast = _decode_logits(m, idx, [4] + [1] * 8)
-        assert torch.allclose(fast, full, atol=1e-5)
-        assert torch.allclose(m(idx)[0], full, atol=1e-5)  # the fast path without a cache too
-        m.load_state_dict(model.state_dict())
-        fast = _decode_logits(m, idx, [4] + [1] * 8)
-        with torch.enable_grad():
-            assert torch.allclose(fast, model(idx)[0], atol=1e-5)
-
-
-def test_decode_fast_path_with_inference_tensors():
-    """Weights created in inference mode have no version counter: no copy, the plain path."""
-    from core import model as M
-
-    with torch.inference_mode():
-        torch.manual_seed(1)
-        m = GPT(GPTConfig(vocab_size=50, block_size=16, n_layer=2, n_head=2, n_embd=16)).eval()
-        idx = torch.randint(0, 50, (1, 10))
-        full, _ = m(idx)
-        fast = _decode_logits(m, idx, [3] + [1] * 7)
-    assert torch.allclose(fast, full, atol=1e-5)
-    assert not any(M._fast_kinds(p) for p in m.parameters())
+def test_blocks_take_keywords_past_x(model):
+    """Block and attention take everything past x by keyword: a positional call is refused."""
+    x = torch.randn(1, 5, 32)
+    with pytest.raises(TypeError):
+        model.transformer.h[0](x, None, 0)
+    y, att = model.transformer.h[0](x, need_weights=True)
+    assert y.shape == (1, 5, 32) and att.shape == (1, 4, 5, 5)
 
 
 def test_last_only_logits(model):
@@ -202,66 +123,3 @@ def test_last_only_logits(model):
     assert torch.allclose(a[:, 0], full[:, 14], atol=1e-5) and torch.allclose(b[:, 0], full[:, -1], atol=1e-5)
     with pytest.raises(ValueError, match="last_only"):
         model(idx, idx, last_only=True)
-
-
-def test_fast_path_fallback_without_onednn(model, monkeypatch):
-    """Where oneDNN is missing the fast path falls back to transposed copies for few-row
-    matmuls and nn.Linear for the rest; the logits are the same."""
-    from core import model as M
-
-    monkeypatch.setattr(M, "_ONEDNN", False)
-    model.clear_decode_cache()
-    idx = torch.randint(0, 50, (1, 16))
-    full, _ = model(idx)
-    try:
-        with torch.no_grad():
-            fast = _decode_logits(model, idx, [8] + [1] * 8)
-            assert set().union(*(M._fast_kinds(p) for p in model.parameters())) == {"t"}
-        assert torch.allclose(fast, full, atol=1e-5)
-    finally:
-        model.clear_decode_cache()  # don't leave transposed copies for the next test
-
-
-def test_fast_copies_go_with_their_weights():
-    """The copies live as long as the weight: dropping a model frees them."""
-    import gc
-
-    from core import model as M
-
-    m = GPT(GPTConfig(vocab_size=50, block_size=16, n_layer=1, n_head=2, n_embd=16)).eval()
-    with torch.no_grad():
-        m(torch.randint(0, 50, (1, 4)), kv_cache=m.new_kv_cache(1))
-    ids = [id(p) for p in m.parameters() if M._fast_kinds(p)]
-    assert ids
-    del m
-    gc.collect()
-    assert not any(i in M._FAST for i in ids)
-
-
-@pytest.mark.parametrize("min_work", [0, None], ids=["onednn", "by-size"])
-def test_one_token_step_equals_the_modules_bit_for_bit(model, monkeypatch, min_work):
-    """A one-token cached step on the fast path skips the module calls (`GPT._decode_one`): the
-    logits and the cache are the same bits as the blocks' own forwards, which it falls back to
-    when any module has a hook (and the hook fires)."""
-    from core import model as M
-
-    if min_work is not None:
-        monkeypatch.setattr(M, "ONEDNN_MIN_WORK", min_work)
-    calls = []
-    idx = torch.randint(0, 50, (3, 10))
-    with torch.no_grad():
-        lean_cache, hooked_cache = model.new_kv_cache(3), model.new_kv_cache(3)
-        model(idx[:, :9], kv_cache=lean_cache)
-        model(idx[:, :9], kv_cache=hooked_cache)
-        assert model._plain()
-        lean, _ = model(idx[:, 9:], kv_cache=lean_cache)
-        handle = model.transformer.h[1].mlp.register_forward_hook(lambda *a: calls.append(1))
-        try:
-            assert not model._plain()
-            hooked, _ = model(idx[:, 9:], kv_cache=hooked_cache)
-        finally:
-            handle.remove()
-    assert calls == [1]  # the hooked model ran its modules
-    assert torch.equal(lean, hooked) and lean.shape == (3, 1, 50)
-    assert torch.equal(lean_cache.k, hooked_cache.k) and torch.equal(lean_cache.v, hooked_cache.v)
-    assert lean_cache.pos == hooked_cache.pos == 10

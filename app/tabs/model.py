@@ -2,7 +2,7 @@
 
 Shows the configuration, the parameter count (with and without embeddings), the memory
 it needs, its training record (meta.json) and one row per module with real shapes and
-what each module does (`GPT.describe_modules`). Loads a model from an upload
+what each module does (`GPT.describe_modules` gives the rows, `module_role` the words). Loads a model from an upload
 (safetensors only), a typed folder path or a Hugging Face Hub name, then selects it in the
 shared model picker.
 
@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import html
 import math
+import re
 from typing import Any
 
 import gradio as gr
@@ -54,6 +55,24 @@ def module_kind(name: str) -> str:
     return "layer norm"
 
 
+def module_role(name: str, cfg, tied: bool = True) -> str:
+    """What the module of GPT-2 name `name` does, in a sentence for the table."""
+    leaf = re.sub(r"^h\.\d+\.", "", name.removeprefix("transformer."))  # "attn.c_attn", "wte", ...
+    roles = {
+        "wte": "Token embedding: one vector of n_embd numbers per token id" + (" (also the output head, tied)" if tied else ""),
+        "wpe": "Position embedding: one learned vector per position 0..block_size-1, added to the token's",
+        "ln_1": "Layer norm before attention",
+        "attn.c_attn": f"Attention: projects each token to query, key, value for {cfg.n_head} heads of {cfg.head_size} dims",
+        "attn.c_proj": "Attention output: mixes the heads back into the residual stream",
+        "ln_2": "Layer norm before the feed-forward network",
+        "mlp.c_fc": "Feed forward: expands to 4×n_embd, then GELU",
+        "mlp.c_proj": "Feed forward: projects back to n_embd",
+        "ln_f": "Final layer norm",
+        "lm_head": "Output head: scores every vocabulary token" + (" (weights shared with wte, counted once)" if tied else ""),
+    }
+    return roles.get(leaf, "")
+
+
 def _json_safe(value: Any, depth: int = 0) -> Any:
     """meta.json content made safe to show: finite numbers, bounded lists and depth."""
     if isinstance(value, float):
@@ -86,7 +105,9 @@ def _meta_summary(meta: dict) -> dict:
 def model_info(entry: ModelEntry, ck: Checkpoint) -> dict:
     """Everything the tab shows about one model, as plain JSON (also the `/model_info` API)."""
     cfg, model = ck.config, ck.model
-    modules = [{**row, "kind": module_kind(row["module"])} for row in model.describe_modules()]
+    tied = model.lm_head.weight is model.transformer.wte.weight
+    modules = [{**row, "role": module_role(row["module"], cfg, tied), "kind": module_kind(row["module"])}
+               for row in model.describe_modules()]
     by_kind = {kind: 0 for kind in KINDS}
     for row in modules:
         by_kind[row["kind"]] = by_kind.get(row["kind"], 0) + row["params"]
