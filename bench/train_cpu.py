@@ -183,8 +183,8 @@ def main() -> int:
     split = split_tokens(tok.encode(text), val_fraction=0.1)
     nano = preset("nano", vocab_size=tok.vocab_size, dropout=0.0)
     val_batches = fixed_batches(split.val, nano.block_size, 12, a.val_batches, seed=0)
-    out: dict = {"bench": "train_cpu", "machine": describe(), "steps": a.steps, "threads": a.threads, "torch": torch.__version__,
-                 "val_batches": a.val_batches, "recipe": GLASSBOX_CPU_RECIPE, "recipe_model": GLASSBOX_CPU_MODEL}
+    out: dict = {"bench": "train_cpu", "machine": describe(), "steps": a.steps, "threads": a.threads,
+                 "torch": torch.__version__, "val_batches": a.val_batches, "recipe": GLASSBOX_CPU_RECIPE, "recipe_model": GLASSBOX_CPU_MODEL}
 
     # 1. tokens/s at nanoGPT's shape: Trainer's default CPU path vs the plain loop, interleaved
     def tput(optimizer: str, batch: int) -> dict:

@@ -3,8 +3,8 @@
 Owns: `Trainer` (AdamW with weight decay on matrices only, or Muon for the hidden
 matrices with AdamW for the rest; warmup + cosine LR; gradient clipping; eval on a
 fixed set of batches; samples from a fixed prompt; checkpoints every N steps plus the
-best val loss; exact resume from safetensors + JSON; a start-up probe that picks fp32 or
-bf16 autocast and the SDPA kernel by measuring them on this CPU; bf16 + fused AdamW and
+best val loss; exact resume from safetensors + JSON; the compute path (dtype, SDPA kernel, Muon's
+orthogonalisation dtype) from `core.probe`, measured on this CPU; bf16 + fused AdamW and
 optional torch.compile on GPU, with MFU; DistributedDataParallel under `torchrun`), and the
 entry point of `python -m core.train` (its parser lives in `core.cli`).
 
