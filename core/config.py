@@ -132,7 +132,15 @@ PRESETS: dict[str, dict[str, Any]] = {
     "small": dict(n_layer=6, n_head=6, n_embd=384, block_size=256),
     "gpt2": dict(n_layer=12, n_head=12, n_embd=768, block_size=1024, vocab_size=50257),
     "gpt2-medium": dict(n_layer=24, n_head=16, n_embd=1024, block_size=1024, vocab_size=50257),
+    # a workshop on a shared CPU: small enough that WORKSHOP_TRAIN ends within minutes
+    "workshop": dict(n_layer=2, n_head=4, n_embd=96, block_size=64),
 }
+
+# Training settings that go with the 'workshop' model: char-level Tiny Shakespeare, Muon at the
+# recipe's learning rate, a short warm-up, and evals with samples often enough to watch it learn.
+WORKSHOP_TRAIN: dict[str, Any] = dict(steps=300, batch_size=16, lr=6e-3, warmup_steps=20, optimizer="muon",
+                                      eval_interval=100, eval_batches=10, sample_tokens=200,
+                                      sample_prompt="ROMEO:", ckpt_interval=100)
 
 
 def preset(name: str, **overrides: Any) -> GPTConfig:

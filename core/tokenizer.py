@@ -161,6 +161,7 @@ class Tokenizer:
             self._special[self.unk_id] = UNK
         self.eot_id: int | None = hf.token_to_id(EOT)
         self._vocab: list[str] | None = None
+        self._char_table = None  # (sorted code points, their ids) for the vectorised char-level encode
 
     # ---- building -------------------------------------------------------------------
     @classmethod
@@ -273,7 +274,33 @@ class Tokenizer:
         return self._hf.get_vocab_size(with_added_tokens=True)
 
     def encode(self, text: str) -> list[int]:
+        if self.kind == "char" and isinstance(text, str) and len(text) >= 4096:
+            ids = self._encode_chars(text)
+            if ids is not None:
+                return ids
         return self._encode(text).ids
+
+    def _encode_chars(self, text: str) -> list[int] | None:
+        """Char-level ids by a vectorised table lookup: the WordLevel model's answer (one code
+        point per token, an unknown one → <unk>), for whole corpora where the
+        bindings build a Python object per character. None: take the general path."""
+        import numpy as np
+
+        if self.unk_id is None or self._hf.normalizer is not None:
+            return None
+        try:
+            codes = np.frombuffer(text.encode("utf-32-le"), dtype="<u4")
+        except UnicodeEncodeError:
+            return None  # a lone surrogate: the general path names it
+        if self._char_table is None:
+            pairs = sorted((ord(t), i) for t, i in self._hf.get_vocab(with_added_tokens=True).items() if len(t) == 1)
+            self._char_table = (np.array([c for c, _ in pairs], dtype=np.uint32),
+                                np.array([i for _, i in pairs], dtype=np.int64))
+        keys, vals = self._char_table
+        if keys.size == 0:
+            return None
+        pos = np.minimum(np.searchsorted(keys, codes), keys.size - 1)
+        return np.where(keys[pos] == codes, vals[pos], self.unk_id).tolist()
 
     def encode_with_offsets(self, text: str) -> Encoding:
         """Ids plus Python character spans: `text[a:b]` is what token i covers (see `Encoding`)."""

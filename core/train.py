@@ -3,8 +3,8 @@
 Owns: `Trainer` (AdamW with weight decay on matrices only, or Muon for the hidden
 matrices with AdamW for the rest; warmup + cosine LR; gradient clipping; eval on a
 fixed set of batches; samples from a fixed prompt; checkpoints every N steps plus the
-best val loss; exact resume from safetensors + JSON; a start-up probe that picks fp32 or
-bf16 autocast and the SDPA kernel by measuring them on this CPU; bf16 + fused AdamW and
+best val loss; exact resume from safetensors + JSON; the compute path (dtype, SDPA kernel, Muon's
+orthogonalisation dtype) from `core.probe`, measured on this CPU; bf16 + fused AdamW and
 optional torch.compile on GPU, with MFU; DistributedDataParallel under `torchrun`), and the
 entry point of `python -m core.train` (its parser lives in `core.cli`).
 
@@ -34,9 +34,11 @@ import torch.nn as nn
 from . import checkpoint as ckpt
 from .config import GPTConfig, TrainConfig, lr_at
 from .data import BatchSampler, TokenSplit, fixed_batches
-from .device import SDPA_BACKENDS, Placement, autocast, peak_flops, pick_device, pick_dtype
+from .device import Placement, peak_flops, pick_device, pick_dtype
 from .generate import generate
 from .model import GPT
+from .optim import build_optimizers
+from .probe import choose_path
 from .tokenizer import Tokenizer
 
 EventSink = Callable[[dict], None]
@@ -53,60 +55,7 @@ GLASSBOX_CPU_MODEL: dict = {}
 
 
 # --------------------------------------------------------------------------------------
-# Start-up probe: the fastest CPU dtype, measured rather than assumed
-
-
-CPU_CANDIDATES = (("float32", None), ("bfloat16", "math"), ("bfloat16", "flash"))
-
-
-def probe_cpu(model_config: GPTConfig, batch_size: int, steps: int = 2) -> tuple[str, str | None, dict]:
-    """Time forward+backward of a throwaway model on this CPU in fp32 and in bf16 autocast with
-    each SDPA backend; return (dtype, sdpa backend, timings in seconds).
-
-    The best of `steps` timed runs (after one warm-up) is kept, so a busy machine's noise
-    mostly cancels. bf16 is chosen only when clearly faster (≥ 1.1×) than fp32, and then
-    with the SDPA backend that is fastest for its backward pass. The global RNG is untouched."""
-    times: dict[str, float] = {}
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        model = GPT(model_config)
-        idx = torch.randint(0, model_config.vocab_size, (batch_size, model_config.block_size))
-        for _ in range(2):  # two interleaved passes over the candidates
-            for dtype_name, sdpa in CPU_CANDIDATES:
-                key = f"{dtype_name}/{sdpa or 'default'}"
-                for i in range(steps + 1):
-                    t0 = time.perf_counter()
-                    with autocast(torch.device("cpu"), pick_dtype(torch.device("cpu"), dtype_name), sdpa):
-                        _, loss = model(idx, idx)
-                    loss.backward()
-                    model.zero_grad(set_to_none=True)
-                    if i:  # the first run warms up
-                        times[key] = min(times.get(key, math.inf), time.perf_counter() - t0)
-    fp32 = times["float32/default"]
-    best_key = min((k for k in times if k.startswith("bfloat16")), key=times.__getitem__)
-    if fp32 / times[best_key] >= 1.1:
-        return "bfloat16", best_key.split("/")[1], times
-    return "float32", None, times
-
-
-# --------------------------------------------------------------------------------------
-# Optimizers
-
-
-def build_optimizers(model: GPT, cfg: TrainConfig, fused: bool = False) -> list[torch.optim.Optimizer]:
-    """AdamW: decay on matrices (dim ≥ 2), none on biases and norms. With 'muon', the hidden
-    2-D matrices (attention and MLP weights) go to torch.optim.Muon, the rest to AdamW."""
-    params = {n: p for n, p in model.named_parameters() if p.requires_grad}
-    hidden = {n for n, p in params.items() if p.dim() == 2 and ".h." in n} if cfg.optimizer == "muon" else set()
-    decay = [p for n, p in params.items() if p.dim() >= 2 and n not in hidden]
-    no_decay = [p for n, p in params.items() if p.dim() < 2]
-    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    opts: list[torch.optim.Optimizer] = [torch.optim.AdamW(
-        groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=1e-8, fused=fused or None)]
-    if hidden:
-        opts.append(torch.optim.Muon([params[n] for n in sorted(hidden)], lr=cfg.lr, weight_decay=cfg.weight_decay,
-                                     adjust_lr_fn="match_rms_adamw"))
-    return opts
+# Optimizer state as safetensors + JSON
 
 
 def _flatten_optim(opts: list[torch.optim.Optimizer]) -> tuple[dict[str, torch.Tensor], list]:
@@ -240,25 +189,15 @@ class Trainer:
         # (exact continuation); otherwise a CPU measures its fastest path now
         self._saved_state = ckpt.load_train_state(self.resume_from) if self.resume_from is not None else None
         saved = (self._saved_state[1].get("placement") or {}) if self._saved_state else {}
-        sdpa = cfg.extra.get("sdpa", "auto")
-        if sdpa not in ("auto", *SDPA_BACKENDS):
-            raise ValueError(f"sdpa={sdpa!r} is not one of auto, {', '.join(SDPA_BACKENDS)}")
-        sdpa = None if sdpa == "auto" else sdpa
-        probe = None
-        if cfg.dtype == "auto" and saved.get("device") == self.device.type:
-            dtype, sdpa = pick_dtype(self.device, saved["dtype"]), saved.get("sdpa") if sdpa is None else sdpa
-        elif cfg.dtype == "auto" and self.device.type == "cpu":
-            answer = [None]
-            if self.dist.main:
-                answer = [probe_cpu(self.mcfg, max(1, cfg.batch_size // self.dist.world))]
-            if self.dist.enabled:  # every rank takes rank 0's measurement: one path for all replicas
-                import torch.distributed as dist
+        # every rank takes rank 0's choice: one path for all replicas
+        answer = [choose_path(self.device, self.mcfg, cfg, saved, max(1, cfg.batch_size // self.dist.world),
+                              cfg.extra.get("cache_dir")) if self.dist.main or self.device.type != "cpu" else None]
+        if self.dist.enabled and self.device.type == "cpu":
+            import torch.distributed as dist
 
-                dist.broadcast_object_list(answer, src=0)
-            dtype_name, probed_sdpa, probe = answer[0]
-            dtype, sdpa = pick_dtype(self.device, dtype_name), probed_sdpa if sdpa is None else sdpa
-        else:
-            dtype = pick_dtype(self.device, cfg.dtype)
+            dist.broadcast_object_list(answer, src=0)
+        self.choices = answer[0]
+        dtype, sdpa = pick_dtype(self.device, self.choices["dtype"]), self.choices["sdpa"]
         self.place = Placement(self.device, dtype, sdpa)
         if self.device.type == "cuda":
             torch.backends.cuda.matmul.allow_tf32 = True
@@ -266,7 +205,8 @@ class Trainer:
 
         torch.manual_seed(cfg.seed)
         self.raw_model = GPT(self.mcfg).to(self.device)
-        self.optimizers = build_optimizers(self.raw_model, cfg, fused=self.device.type == "cuda")
+        self.optimizers = build_optimizers(self.raw_model, cfg, fused=self.device.type == "cuda",
+                                           ortho=self.choices["ortho"])
         self.sampler = BatchSampler(self.data.train, self.mcfg.block_size, cfg.batch_size, cfg.seed)
         n_eval = min(cfg.eval_batches, 10_000)
         self.val_batches = fixed_batches(self.data.val, self.mcfg.block_size, cfg.batch_size, n_eval, cfg.seed + 1)
@@ -284,7 +224,8 @@ class Trainer:
         self.model = model
         self.tokens_per_step = cfg.batch_size * self.mcfg.block_size * cfg.grad_accum
         self.peak = peak_flops(self.device)
-        self._emit("start", device=str(self.device), dtype=self.place.dtype_name, sdpa=self.place.sdpa, probe=probe,
+        self._emit("start", device=str(self.device), dtype=self.place.dtype_name, sdpa=self.place.sdpa,
+                   probe=self.choices["timings"] or None, choices=self.choices,
                    n_params=self.raw_model.num_params(), world_size=self.dist.world,
                    resumed=self.resume_from is not None, steps=cfg.steps, config=self.mcfg.to_dict(),
                    train=cfg.to_dict(), vocab_size=self.mcfg.vocab_size)
@@ -358,7 +299,7 @@ class Trainer:
                 state["rng.cuda"] = torch.cuda.get_rng_state(self.device)
             state_meta = {"step": self.step, "optim": opt_meta, "history": self.history, "evals": self.evals,
                           "placement": {"device": self.device.type, "dtype": self.place.dtype_name,
-                                        "sdpa": self.place.sdpa},
+                                        "sdpa": self.place.sdpa, "ortho": self.choices["ortho"]},
                           "best_val": None if math.isinf(self.best_val) else self.best_val}
         path = ckpt.save(self.out_dir / name, self.raw_model, self.tokenizer, self._meta(), state, state_meta)
         self._emit("checkpoint", path=str(path), name=name)

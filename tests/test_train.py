@@ -12,7 +12,6 @@ import torch
 from core import checkpoint
 from core.config import TrainConfig, preset
 from core.data import split_tokens
-from core import train as train_mod
 from core.train import Trainer, build_optimizers
 from tests.conftest import ROOT, SAMPLE_TEXT
 
@@ -67,43 +66,12 @@ def test_stop_then_resume_is_bit_identical(setup, tmp_path, optimizer):
     assert [h["loss"] for h in full.history] == [h["loss"] for h in resumed.history]
 
 
-def test_resume_keeps_the_probed_bf16_path_and_is_bit_identical(setup, tmp_path, monkeypatch):
-    """dtype=auto on CPU: the probe's answer (bf16 + a pinned SDPA kernel) is saved with the
-    training state, and a resumed run reuses it even when a fresh probe would answer otherwise."""
-    mcfg, split, tok = setup
-    cfg = tcfg(steps=10, eval_interval=4, eval_batches=2, sample_tokens=0, dtype="auto")
-    monkeypatch.setattr(train_mod, "probe_cpu", lambda *a, **k: ("bfloat16", "flash", {}))
-    starts = []
-    full = Trainer(mcfg, cfg, split, tok, out_dir=tmp_path / "a", on_event=starts.append)
-    full.run()
-    assert starts[0]["kind"] == "start" and (starts[0]["dtype"], starts[0]["sdpa"]) == ("bfloat16", "flash")
-    part = Trainer(mcfg, cfg, split, tok, out_dir=tmp_path / "b")
-    part.add_sink(lambda ev: part.stop() if ev["kind"] == "step" and ev["step"] == 5 else None)
-    assert part.run()["kind"] == "stopped"
-
-    monkeypatch.setattr(train_mod, "probe_cpu", lambda *a, **k: ("float32", None, {}))
-    resumed = Trainer(mcfg, cfg, split, tok, out_dir=tmp_path / "b", resume_from=tmp_path / "b" / "latest")
-    assert resumed.run()["kind"] == "done"
-    assert resumed.place.dtype == torch.bfloat16 and resumed.place.sdpa == "flash"
-    a, b = full.raw_model.state_dict(), resumed.raw_model.state_dict()
-    assert all(torch.equal(a[k], b[k]) for k in a)
-    assert [h["loss"] for h in full.history] == [h["loss"] for h in resumed.history]
-
-
 def test_bf16_loss_stays_close_to_fp32(setup):
     mcfg, split, tok = setup
     runs = {d: Trainer(mcfg, tcfg(steps=25, eval_interval=0, sample_tokens=0, dtype=d), split, tok).run()
             for d in ("float32", "bfloat16")}
     assert runs["float32"]["kind"] == runs["bfloat16"]["kind"] == "done"
     assert abs(runs["float32"]["best_val"] - runs["bfloat16"]["best_val"]) < 0.1
-
-
-def test_probe_measures_and_answers_a_known_path(setup):
-    mcfg, _, _ = setup
-    dtype, sdpa, times = train_mod.probe_cpu(mcfg, 4, steps=1)
-    assert set(times) == {"float32/default", "bfloat16/math", "bfloat16/flash"}
-    assert all(t > 0 for t in times.values())
-    assert (dtype, sdpa) in {("float32", None), ("bfloat16", "math"), ("bfloat16", "flash")}
 
 
 def test_optimizer_groups(setup):
