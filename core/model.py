@@ -257,9 +257,9 @@ class CausalSelfAttention(nn.Module):
 class MLP(nn.Module):
     def __init__(self, config: GPTConfig):
         super().__init__()
-        self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
+        self.c_fc = nn.Linear(config.n_embd, config.mlp_width, bias=config.bias)
         self.gelu = nn.GELU(approximate="tanh")  # GPT-2's gelu_new
-        self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
+        self.c_proj = nn.Linear(config.mlp_width, config.n_embd, bias=config.bias)
         self.dropout = nn.Dropout(config.dropout)
 
     def forward(self, x: torch.Tensor, fast: bool = False) -> torch.Tensor:
@@ -363,7 +363,8 @@ class GPT(nn.Module):
             ln_f=nn.LayerNorm(config.n_embd, bias=config.bias, eps=1e-5),
         ))
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
-        self.lm_head.weight = self.transformer.wte.weight  # tied head
+        if config.tie_word_embeddings:
+            self.lm_head.weight = self.transformer.wte.weight  # tied head
         self.apply(self._init_weights)
         for name, p in self.named_parameters():
             if name.endswith("c_proj.weight"):  # GPT-2's scaled init of residual projections
@@ -379,7 +380,7 @@ class GPT(nn.Module):
             torch.nn.init.normal_(module.weight, mean=0.0, std=0.02)
 
     def num_params(self, include_embeddings: bool = True) -> int:
-        n = sum(p.numel() for p in self.parameters())  # the tied head is one tensor
+        n = sum(p.numel() for p in self.parameters())  # a tied head is one tensor, counted once
         if not include_embeddings:
             n -= self.transformer.wte.weight.numel() + self.transformer.wpe.weight.numel()
         return n
@@ -544,7 +545,8 @@ class GPT(nn.Module):
         """One row per parameter group: name, shape, parameter count, what it does."""
         cfg = self.config
         rows = [
-            ("transformer.wte", tuple(self.transformer.wte.weight.shape), "Token embedding: one vector of n_embd numbers per token id (also the output head, tied)"),
+            ("transformer.wte", tuple(self.transformer.wte.weight.shape), "Token embedding: one vector of n_embd numbers per token id"
+             + (" (also the output head, tied)" if cfg.tie_word_embeddings else "")),
             ("transformer.wpe", tuple(self.transformer.wpe.weight.shape), "Position embedding: one learned vector per position 0..block_size-1, added to the token's"),
         ]
         for i, blk in enumerate(self.transformer.h):
@@ -553,17 +555,19 @@ class GPT(nn.Module):
                 (f"transformer.h.{i}.attn.c_attn", tuple(blk.attn.c_attn.weight.shape), f"Attention: projects each token to query, key, value for {cfg.n_head} heads of {cfg.head_size} dims"),
                 (f"transformer.h.{i}.attn.c_proj", tuple(blk.attn.c_proj.weight.shape), "Attention output: mixes the heads back into the residual stream"),
                 (f"transformer.h.{i}.ln_2", tuple(blk.ln_2.weight.shape), "Layer norm before the feed-forward network"),
-                (f"transformer.h.{i}.mlp.c_fc", tuple(blk.mlp.c_fc.weight.shape), "Feed forward: expands to 4×n_embd, then GELU"),
+                (f"transformer.h.{i}.mlp.c_fc", tuple(blk.mlp.c_fc.weight.shape), f"Feed forward: expands to {cfg.mlp_width} ({'4×n_embd' if cfg.n_inner is None else 'n_inner'}), then GELU"),
                 (f"transformer.h.{i}.mlp.c_proj", tuple(blk.mlp.c_proj.weight.shape), "Feed forward: projects back to n_embd"),
             ]
         rows += [
             ("transformer.ln_f", tuple(self.transformer.ln_f.weight.shape), "Final layer norm"),
-            ("lm_head", tuple(self.lm_head.weight.shape), "Output head: scores every vocabulary token (weights shared with wte, counted once)"),
+            ("lm_head", tuple(self.lm_head.weight.shape), "Output head: scores every vocabulary token "
+             + ("(weights shared with wte, counted once)" if cfg.tie_word_embeddings else "(its own weights, untied from wte)")),
         ]
         modules = dict(self.named_modules())
         out = []
         for name, shape, what in rows:
             mod = modules[name]
-            n = 0 if name == "lm_head" else sum(p.numel() for p in mod.parameters(recurse=False))
+            tied = name == "lm_head" and cfg.tie_word_embeddings
+            n = 0 if tied else sum(p.numel() for p in mod.parameters(recurse=False))
             out.append({"module": name, "shape": list(shape), "params": n, "role": what})
         return out
