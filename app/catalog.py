@@ -121,7 +121,8 @@ def default_resident_bytes() -> int:
 def _stamp(folder: Path) -> tuple:
     """What identifies one version of a checkpoint's files (an atomic rewrite changes it)."""
     out = []
-    for name in (MODEL_FILE, CONFIG_FILE):
+    weights = MODEL_FILE if (folder / MODEL_FILE).is_file() else checkpoint.INDEX_FILE  # sharded: the index
+    for name in (weights, CONFIG_FILE):
         st = (folder / name).stat()
         out += [st.st_ino, st.st_size, st.st_mtime_ns]
     return tuple(out)
@@ -519,13 +520,16 @@ class ModelCatalog:
         offline = hub_offline()
         kw = dict(cache_dir=self.hub_cache_dir, local_files_only=offline, etag_timeout=HUB_TIMEOUT_S)
         try:
-            folder = Path(snapshot_download(repo, allow_patterns=[CONFIG_FILE], **kw))
+            folder = Path(snapshot_download(repo, allow_patterns=[CONFIG_FILE, checkpoint.INDEX_FILE], **kw))
             checkpoint.detect_kind(folder)  # a GPT-2 (or Glassbox) config, before the weights come
             cfg = _config_of(folder)
             if cfg is not None and cfg.memory_bytes(4) > self.max_bytes:
                 raise ValueError(f"{repo} has {cfg.n_params():,} parameters ({cfg.memory_bytes(4) / 1e9:.1f} GB "
                                  f"in float32), over this server's limit of {self.max_bytes / 1e9:.1f} GB")
-            folder = Path(snapshot_download(repo, allow_patterns=HUB_FILES, **kw))
+            files, index = HUB_FILES, folder / checkpoint.INDEX_FILE
+            if index.is_file():  # sharded: the shards the index lists instead of model.safetensors
+                files = [f for f in HUB_FILES if f != MODEL_FILE] + checkpoint.shard_files(index)
+            folder = Path(snapshot_download(repo, allow_patterns=files, **kw))
         except CheckpointError as e:
             raise ValueError(f"{repo} is not a GPT-2-layout model: {e}") from None
         except (LocalEntryNotFoundError, OfflineModeIsEnabled):
@@ -544,7 +548,7 @@ class ModelCatalog:
         except Exception as e:  # network and HTTP errors come in many types
             raise ValueError(f"could not download {repo} from the Hugging Face Hub: {type(e).__name__}: "
                              f"{_clean(str(e), 200)}") from None
-        if not (folder / MODEL_FILE).is_file():
-            raise ValueError(f"{repo} has no model.safetensors on the Hub: Glassbox loads only safetensors "
-                             "weights, never pytorch_model.bin (pickle)")
+        if not checkpoint.is_checkpoint(folder):
+            raise ValueError(f"{repo} has no model.safetensors (nor a sharded {checkpoint.INDEX_FILE}) on the Hub: "
+                             "Glassbox loads only safetensors weights, never pytorch_model.bin (pickle)")
         return folder

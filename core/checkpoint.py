@@ -42,6 +42,7 @@ from .tokenizer import Tokenizer
 
 MODEL_FILE, CONFIG_FILE, TOKENIZER_FILE, META_FILE = "model.safetensors", "config.json", "tokenizer.json", "meta.json"
 INDEX_FILE = hf.INDEX_FILE
+shard_files = hf.shard_files  # the shard names a sharded index lists (what to download)
 STATE_FILE, STATE_META_FILE = "train_state.safetensors", "train_state.json"
 DEFAULT_MAX_BYTES = int(os.environ.get("GLASSBOX_MAX_MODEL_BYTES", 4 * 1024**3))
 MAX_META_BYTES = 16 * 2**20  # meta.json holds the loss history of a long run
@@ -169,8 +170,8 @@ def save(folder: str | Path, model: GPT, tokenizer: Tokenizer | None, meta: dict
 def _expected_shapes(cfg: GPTConfig) -> dict[str, tuple[list[int], str]]:
     """Every tensor the config implies: {our name: (shape, the config fields behind it)}."""
     C, V, T, H = cfg.n_embd, cfg.vocab_size, cfg.block_size, cfg.mlp_width
-    shapes = {"transformer.wte.weight": ([V, C], "vocab_size, n_embd"), "transformer.wpe.weight": ([T, C], "block_size, n_embd"),
-              "transformer.ln_f.weight": ([C], "n_embd")}
+    shapes = {"transformer.wte.weight": ([V, C], "vocab_size, n_embd"),
+              "transformer.wpe.weight": ([T, C], "block_size, n_embd"), "transformer.ln_f.weight": ([C], "n_embd")}
     if cfg.bias:
         shapes["transformer.ln_f.bias"] = ([C], "n_embd")
     if not cfg.tie_word_embeddings:
@@ -214,8 +215,8 @@ def _check_tensors(header: dict[str, dict], names: dict[str, str], cfg: GPTConfi
         if hf_layout and ours.endswith(CONV1D):
             shape = shape[::-1]  # Conv1D stores [in, out]
         if info["shape"] != shape:
-            raise CheckpointError(f"{info['file']}: tensor {theirs} has shape {info['shape']}, but config.json's "
-                                  f"{fields(desc)} imply {shape}")
+            raise CheckpointError(f"{info['file']}: tensor {theirs} has shape {info['shape']}, config.json implies "
+                                  f"{shape} (from its {fields(desc)})")
         if info["dtype"] not in FLOAT_DTYPES:
             raise CheckpointError(f"{info['file']}: tensor {theirs} has dtype {info['dtype']}; weights must be "
                                   "floating point")
@@ -316,7 +317,7 @@ def load(path: str | Path, device: str | torch.device = "cpu", max_bytes: int = 
 
     tokenizer = _load_tokenizer(path)
     if tokenizer is not None and tokenizer.vocab_size > cfg.vocab_size:
-        raise CheckpointError(f"tokenizer has {tokenizer.vocab_size} tokens but config.json's vocab_size is "
+        raise CheckpointError(f"tokenizer has {tokenizer.vocab_size} tokens but the model's vocab_size is "
                               f"{cfg.vocab_size}")
     meta = _read_json(path / META_FILE, "meta.json", MAX_META_BYTES) if (path / META_FILE).is_file() else {}
 

@@ -545,7 +545,8 @@ class GPT(nn.Module):
         """One row per parameter group: name, shape, parameter count, what it does."""
         cfg = self.config
         rows = [
-            ("transformer.wte", tuple(self.transformer.wte.weight.shape), "Token embedding: one vector of n_embd numbers per token id"
+            ("transformer.wte", tuple(self.transformer.wte.weight.shape),
+             "Token embedding: one vector of n_embd numbers per token id"
              + (" (also the output head, tied)" if cfg.tie_word_embeddings else "")),
             ("transformer.wpe", tuple(self.transformer.wpe.weight.shape), "Position embedding: one learned vector per position 0..block_size-1, added to the token's"),
         ]
@@ -561,7 +562,8 @@ class GPT(nn.Module):
         rows += [
             ("transformer.ln_f", tuple(self.transformer.ln_f.weight.shape), "Final layer norm"),
             ("lm_head", tuple(self.lm_head.weight.shape), "Output head: scores every vocabulary token "
-             + ("(weights shared with wte, counted once)" if cfg.tie_word_embeddings else "(its own weights, untied from wte)")),
+             + ("(weights shared with wte, counted once)" if cfg.tie_word_embeddings
+                else "(its own weights, untied from wte)")),
         ]
         modules = dict(self.named_modules())
         out = []

@@ -68,7 +68,8 @@ def json_depth(data: bytes, chunk: int = 1 << 18) -> int:
 
 
 def loads_json(data: bytes | str, name: str, error: type[Exception] = CheckpointError,
-               max_bytes: int = MAX_JSON_BYTES, max_depth: int = MAX_JSON_DEPTH, pairs_hook=None):
+               max_bytes: int = MAX_JSON_BYTES, max_depth: int = MAX_JSON_DEPTH, pairs_hook=None,
+               not_json: str = "is not valid JSON"):
     """Parse JSON text after checking its size and nesting depth; `error` names `name`."""
     raw = data.encode("utf-8", "surrogatepass") if isinstance(data, str) else bytes(data)
     if len(raw) > max_bytes:
@@ -81,7 +82,7 @@ def loads_json(data: bytes | str, name: str, error: type[Exception] = Checkpoint
     except UnicodeDecodeError as e:
         raise error(f"{name} is not UTF-8 text (bad byte at {e.start})") from None
     except json.JSONDecodeError as e:
-        raise error(f"{name} is not valid JSON: {e.msg} at line {e.lineno} column {e.colno}") from None
+        raise error(f"{name} {not_json}: {e.msg} at line {e.lineno} column {e.colno}") from None
     except RecursionError:  # unreachable after the depth check; kept so no bare error escapes
         raise error(f"{name} nests too deeply") from None
 

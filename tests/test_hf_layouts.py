@@ -239,3 +239,45 @@ def test_tensor_in_two_shards_and_a_traversing_index_are_refused(tmp_path):
     (folder / "model.safetensors.index.json").write_text(json.dumps(index))
     with pytest.raises(CheckpointError, match="not a .safetensors file beside the index"):
         checkpoint.load(folder)
+
+
+# --- through the app: the Model tab's table, a sharded folder, a sharded Hub repo ----------
+
+def test_model_tab_shows_the_untied_head(untied, tiny_ckpt):
+    from app.catalog import ModelEntry
+    from app.tabs.model import model_info, render
+
+    hf, folder = untied
+    info = model_info(ModelEntry("path:x", "untied", "path", folder), checkpoint.load(folder))
+    assert info["config"]["tie_word_embeddings"] is False and info["params_by_kind"]["output head"] == V * 32
+    assert sum(info["params_by_kind"].values()) == info["params"]["total"] == sum(p.numel() for p in hf.parameters())
+    rows = {r[0]: r for r in render(info)[2]}
+    assert rows["lm_head"][3] == f"{V * 32:,}" and "untied" in rows["lm_head"][4]
+    tied = render(model_info(ModelEntry("path:y", "tied", "path", tiny_ckpt), checkpoint.load(tiny_ckpt)))[2]
+    assert {r[0]: r for r in tied}["lm_head"][3] == "shared with wte"
+
+
+def _fake_hub_cache(cache, repo, src):
+    """The layout huggingface_hub's cache keeps (refs/main -> snapshots/<commit>/files), filled
+    from a local folder, so an offline `snapshot_download` finds the repo without a network."""
+    commit = "0" * 40
+    base = cache / f"models--{repo.replace('/', '--')}"
+    (base / "refs").mkdir(parents=True)
+    (base / "refs" / "main").write_text(commit)
+    shutil.copytree(src, base / "snapshots" / commit)
+
+
+def test_sharded_folder_and_hub_repo_load_in_the_catalog(tmp_path, monkeypatch, tiny_ckpt):
+    from app.catalog import ModelCatalog
+
+    folder = tmp_path / "sharded"
+    hf = _hf(folder, shard="60KB")
+    shutil.copy(tiny_ckpt / "tokenizer.json", folder / "tokenizer.json")  # a char tokenizer of 34 < V tokens
+    catalog = ModelCatalog(bundled=None, runs_dir=tmp_path / "runs", uploads_dir=tmp_path / "uploads",
+                           hub_cache_dir=tmp_path / "hub", allow_paths=True)
+    key = catalog.add_path(str(folder))
+    _parity(hf, catalog.get(key))
+    _fake_hub_cache(tmp_path / "hub", "someone/tiny-sharded", folder)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    key = catalog.add_hub("someone/tiny-sharded")
+    _parity(hf, catalog.get(key))

@@ -34,6 +34,8 @@ CONFIG_MEANINGS = {
     "head_size": "numbers per head (n_embd / n_head)",
     "dropout": "share of activations zeroed during training",
     "bias": "whether linear layers and layer norms have a bias",
+    "n_inner": "width of the feed-forward network's hidden layer (None: 4 × n_embd)",
+    "tie_word_embeddings": "whether the output head reuses the token embedding's weights (else it has its own)",
 }
 CONFIG_HEADERS = ["setting", "value", "meaning"]
 MODULE_HEADERS = ["module", "kind", "shape", "parameters", "what it does"]
@@ -151,7 +153,9 @@ def render(info: dict | None):
     if not info:
         return "No model selected.", [], [], None, {}
     config_rows = [[k, str(v), CONFIG_MEANINGS.get(k, "")] for k, v in info["config"].items()]
-    module_rows = [[r["module"], r["kind"], " × ".join(str(d) for d in r["shape"]), fmt_int(r["params"]), r["role"]]
+    tied = info["config"].get("tie_word_embeddings", True)
+    module_rows = [[r["module"], r["kind"], " × ".join(str(d) for d in r["shape"]),
+                    "shared with wte" if r["module"] == "lm_head" and tied else fmt_int(r["params"]), r["role"]]
                    for r in info["modules"]]
     return (summary_markdown(info), config_rows, module_rows,
             figures.params_by_kind(info["params_by_kind"]), info["meta"])
