@@ -257,6 +257,19 @@ def detect_kind(folder: str | Path) -> str:
                           "(model_type: gpt2)")
 
 
+def _check_config_values(d: dict, keys) -> None:
+    """config.json's values are numbers, booleans, null or short strings (all of them for a
+    Glassbox config, the `keys` read from a transformers one), and its keys are short: so no
+    message built from them can echo a huge value."""
+    for k, v in d.items():
+        if len(k) > 64:
+            raise CheckpointError(f"config.json has a key of {len(k):,} characters ({short(k)})")
+        if keys is not None and k not in keys:
+            continue
+        if isinstance(v, (list, dict)) or (isinstance(v, str) and len(v) > 64):
+            raise CheckpointError(f"config.json: {k} must be a number, true/false or a short name, got {short(v)}")
+
+
 def _read_tensors(folder: Path, header: dict[str, dict], names: dict[str, str], kind: str) -> dict[str, torch.Tensor]:
     state = {}
     by_file: dict[str, list[str]] = {}
@@ -288,6 +301,7 @@ def load(path: str | Path, device: str | torch.device = "cpu", max_bytes: int = 
         raise CheckpointError(f"no checkpoint folder at {path}")
     kind = detect_kind(path)
     cfg_d = _read_json(path / CONFIG_FILE, "config.json")
+    _check_config_values(cfg_d, None if kind == "glassbox" else hf.CONFIG_KEYS)
     if kind == "glassbox":
         cfg_d.pop("format")
         try:

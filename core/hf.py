@@ -29,6 +29,9 @@ PICKLE_FILES = ("pytorch_model.bin", "pytorch_model.bin.index.json", "model.pt",
 MAX_SHARDS = 1_000
 CONV1D = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
 TANH_GELUS = ("gelu_new", "gelu_pytorch_tanh", "gelu_fast", "gelu_accurate")  # one formula, float rounding apart
+CONFIG_KEYS = ("vocab_size", "n_positions", "n_ctx", "n_layer", "n_head", "n_embd", "n_inner", "activation_function",
+               "layer_norm_epsilon", "scale_attn_by_inverse_layer_idx", "add_cross_attention", "scale_attn_weights",
+               "tie_word_embeddings", "reorder_and_upcast_attn", "model_type")  # what hf_config reads
 HF_FIELDS = {"block_size": "n_positions"}  # our config field -> the name in a transformers config.json
 
 

@@ -25,9 +25,9 @@ MAX_TENSORS = 65_536
 MAX_NAME_CHARS = 1_000
 FLOAT_DTYPES = {"F32": 4, "F16": 2, "BF16": 2, "F64": 8}
 DTYPE_SIZES = {**FLOAT_DTYPES, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1}
-_OPEN, _CLOSE = np.zeros(256, np.int8), np.zeros(256, np.int8)
-_OPEN[[ord("["), ord("{")]] = 1
-_CLOSE[[ord("]"), ord("}")]] = 1
+_STEP = np.zeros(256, np.int8)  # +1 for an opening bracket, -1 for a closing one
+_STEP[[ord("["), ord("{")]] = 1
+_STEP[[ord("]"), ord("}")]] = -1
 
 
 class CheckpointError(ValueError):
@@ -52,18 +52,20 @@ def json_depth(data: bytes, chunk: int = 1 << 18) -> int:
     for start in range(0, arr.size, chunk):
         a = arr[start:start + chunk]
         n = a.size
-        idx = np.arange(n)
-        not_bs = a != 92
-        last = np.maximum.accumulate(np.where(not_bs, idx, -1 - bs_run))  # last non-backslash at or before i
-        prev = np.empty(n, dtype=last.dtype)
-        prev[0], prev[1:] = -1 - bs_run, last[:-1]
-        quote = (a == 34) & ((idx - 1 - prev) % 2 == 0)  # an even run of backslashes before it
-        parity = (np.cumsum(quote) + in_str) & 1  # 1 inside a string
-        steps = np.where(parity == 0, _OPEN[a].astype(np.int64) - _CLOSE[a], 0)
-        levels = depth + np.cumsum(steps)
+        quote = a == 34
+        is_bs = a == 92
+        if bs_run or is_bs.any():
+            idx = np.arange(n, dtype=np.int64)
+            last = np.maximum.accumulate(np.where(is_bs, -1 - bs_run, idx))  # last non-backslash at or before i
+            prev = np.empty(n, dtype=np.int64)
+            prev[0], prev[1:] = -1 - bs_run, last[:-1]
+            quote &= ((idx - 1 - prev) & 1) == 0  # an even run of backslashes before it
+            bs_run = int(n - 1 - last[-1]) if is_bs[-1] else 0
+        outside = (np.cumsum(quote, dtype=np.int64) + in_str) & 1 == 0
+        levels = np.cumsum(_STEP[a] * outside, dtype=np.int64)
+        levels += depth
         deepest = max(deepest, int(levels.max()))
-        depth, in_str = int(levels[-1]), int(parity[-1])
-        bs_run = 0 if not_bs[-1] else int(n - 1 - last[-1])
+        depth, in_str = int(levels[-1]), int(not outside[-1])
     return deepest
 
 
