@@ -200,7 +200,9 @@ def _check_tensors(header: dict[str, dict], names: dict[str, str], cfg: GPTConfi
     missing = [hf.file_name_for(k, header) for k in expected if k not in names]
     if missing:
         more = f" (and {len(missing) - 3} more)" if len(missing) > 3 else ""
-        raise CheckpointError(f"the weights do not match config.json: missing tensor(s) "
+        files = {v["file"] for v in header.values()} or {MODEL_FILE}
+        source = files.pop() if len(files) == 1 else INDEX_FILE + " and its shards"
+        raise CheckpointError(f"{source} does not match config.json: missing tensor(s) "
                               f"{', '.join(missing[:3])}{more}")
     unexpected = [theirs for ours, theirs in names.items() if ours not in expected]
     if unexpected:
