@@ -210,7 +210,7 @@ def _check_tensors(header: dict[str, dict], names: dict[str, str], cfg: GPTConfi
         if any(n.endswith("lm_head.weight") for n in unexpected):
             why = " (an output head, but config.json ties it to the token embedding)"
         raise CheckpointError(f"{header[unexpected[0]]['file']} does not match config.json: unexpected tensor(s) "
-                              f"{', '.join(short(n) for n in unexpected[:3])}{why}")
+                              f"{', '.join(n if len(n) <= 60 else short(n) for n in unexpected[:3])}{why}")
     for ours, (shape, desc) in expected.items():
         theirs = names[ours]
         info = header[theirs]

@@ -184,7 +184,7 @@ def test_shape_mismatch_names_the_files_key_and_the_config_fields(tmp_path):
     sd["score.weight"] = torch.zeros(2, 32)
     save_file(sd, tmp_path / "m" / "model.safetensors")
     (tmp_path / "m" / "config.json").write_text(json.dumps(cfg))
-    with pytest.raises(CheckpointError, match=r"unexpected tensor\(s\) 'score\.weight'") as e:
+    with pytest.raises(CheckpointError, match=r"unexpected tensor\(s\) score\.weight") as e:
         checkpoint.load(tmp_path / "m")
     assert "transformer.score" not in str(e.value)
 
