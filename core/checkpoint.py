@@ -1,7 +1,8 @@
 """Checkpoints: the one folder format every part of Glassbox reads and writes.
 
 A Glassbox checkpoint is a folder:
-    model.safetensors   our state dict (GPT-2 names, the tied head written once)
+    model.safetensors   our state dict (GPT-2 names; a tied head written once, an untied
+                        one as `lm_head.weight`)
     config.json         {"format": "glassbox", "format_version": 1, ...GPTConfig}
     tokenizer.json      the `tokenizers` file (char-level or byte-level BPE)
     meta.json           training args, step, losses, anything the trainer records
@@ -9,21 +10,21 @@ A Glassbox checkpoint is a folder:
 It is written to a temporary sibling folder and renamed into place, so a reader never
 sees half a checkpoint.
 
-`load(path)` also reads Hugging Face GPT-2-layout folders (config.json with
-model_type gpt2 + model.safetensors, keys with or without `transformer.`) and
-validates *before* it allocates: file magic (pickle and zip are refused: only
+`load(path)` also reads Hugging Face GPT-2-layout folders (`core.hf`: config.json with
+model_type gpt2, and model.safetensors or a sharded index, keys with or without
+`transformer.`) and validates *before* it allocates: every JSON file's size and depth and
+every safetensors header (`core.safefile`), file magic (pickle and zip are refused: only
 safetensors is loaded), config types and ranges, a memory estimate, and every tensor's
-name, shape, dtype and size from the header; then finiteness once loaded. Nothing here
-calls `torch.load`. Does not own: the tokenizer format (`core.tokenizer`).
+name, shape, dtype and size; then finiteness once loaded. A refusal names the file, the
+tensor as the file names it and the config field. Nothing here calls `torch.load`.
+Does not own: the tokenizer format (`core.tokenizer`).
 """
 
 from __future__ import annotations
 
 import json
-import math
 import os
 import shutil
-import struct
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,21 +33,20 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from .config import FORMAT_VERSION, GPTConfig
+from . import hf
+from .config import FORMAT_VERSION, GPTConfig  # noqa: F401 (kept importable from here)
 from .model import GPT
+from .safefile import (DTYPE_SIZES, FLOAT_DTYPES, MAX_HEADER_BYTES, CheckpointError,  # noqa: F401 (public names)
+                       check_safetensors_file, read_json, short)
 from .tokenizer import Tokenizer
 
 MODEL_FILE, CONFIG_FILE, TOKENIZER_FILE, META_FILE = "model.safetensors", "config.json", "tokenizer.json", "meta.json"
+INDEX_FILE = hf.INDEX_FILE
+shard_files = hf.shard_files  # the shard names a sharded index lists (what to download)
 STATE_FILE, STATE_META_FILE = "train_state.safetensors", "train_state.json"
 DEFAULT_MAX_BYTES = int(os.environ.get("GLASSBOX_MAX_MODEL_BYTES", 4 * 1024**3))
-MAX_HEADER_BYTES = 100 * 1024 * 1024
-FLOAT_DTYPES = {"F32": 4, "F16": 2, "BF16": 2, "F64": 8}
-DTYPE_SIZES = {**FLOAT_DTYPES, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1}
-CONV1D = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be loaded; the message names the file or tensor at fault."""
+MAX_META_BYTES = 16 * 2**20  # meta.json holds the loss history of a long run
+CONV1D = hf.CONV1D
 
 
 @dataclass
@@ -57,6 +57,7 @@ class Checkpoint:
     meta: dict = field(default_factory=dict)
     kind: str = "glassbox"  # "glassbox" | "hf-gpt2"
     path: Path | None = None
+    notes: list[str] = field(default_factory=list)  # what loading decided for an ambiguous file
 
 
 # --------------------------------------------------------------------------------------
@@ -72,7 +73,8 @@ def _write_json(path: Path, obj) -> None:
 
 def _state_dict_for_save(model: GPT) -> dict[str, torch.Tensor]:
     sd = model.state_dict()
-    sd.pop("lm_head.weight", None)  # tied to transformer.wte.weight: written once
+    if model.config.tie_word_embeddings:
+        sd.pop("lm_head.weight", None)  # tied to transformer.wte.weight: written once
     return {k: v.detach().to("cpu").contiguous() for k, v in sd.items()}
 
 
@@ -165,127 +167,70 @@ def save(folder: str | Path, model: GPT, tokenizer: Tokenizer | None, meta: dict
 # Validation before allocation
 
 
-def check_safetensors_file(path: Path) -> dict[str, dict]:
-    """Read and check a safetensors header without loading tensors: {name: {dtype, shape}}."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path.name} is missing")
-    size = path.stat().st_size
-    with open(path, "rb") as f:
-        head = f.read(16)
-        n = struct.unpack("<Q", head[:8])[0] if len(head) >= 8 else 0
-        if not (len(head) >= 9 and head[8:9] == b"{" and 8 + n <= size and n <= MAX_HEADER_BYTES):
-            if head[:2] == b"PK":
-                raise CheckpointError(f"{path.name} is a zip archive (a torch.save file?), not safetensors: "
-                                      "Glassbox only loads safetensors, never pickle or zip")
-            if head[:1] == b"\x80":
-                raise CheckpointError(f"{path.name} is a Python pickle, not safetensors: Glassbox only loads "
-                                      "safetensors files (a pickle can run code when it is loaded)")
-            if size < 10:
-                raise CheckpointError(f"{path.name} is empty or truncated ({size} bytes)")
-            raise CheckpointError(f"{path.name} is not a valid safetensors file (bad or truncated header); "
-                                  "only safetensors is loaded")
-        f.seek(8)
-        try:
-            header = json.loads(f.read(n).decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise CheckpointError(f"{path.name} has a corrupt safetensors header: {e}") from None
-    if not isinstance(header, dict):
-        raise CheckpointError(f"{path.name} has a corrupt safetensors header")
-    data_len = size - 8 - n
-    out = {}
-    for name, info in header.items():
-        if name == "__metadata__":
-            continue
-        try:
-            dtype, shape, (begin, end) = info["dtype"], list(info["shape"]), info["data_offsets"]
-        except (KeyError, TypeError, ValueError):
-            raise CheckpointError(f"{path.name}: tensor {name!r} has a malformed header entry") from None
-        if dtype not in DTYPE_SIZES:
-            raise CheckpointError(f"{path.name}: tensor {name!r} has unsupported dtype {dtype}")
-        expect = math.prod(shape) * DTYPE_SIZES[dtype]
-        if not (0 <= begin <= end <= data_len) or end - begin != expect:
-            raise CheckpointError(f"{path.name} is truncated or corrupt: tensor {name!r} "
-                                  f"({dtype} {shape}) does not fit the file's {data_len} data bytes")
-        out[name] = {"dtype": dtype, "shape": shape}
-    return out
-
-
-def _expected_shapes(cfg: GPTConfig) -> dict[str, list[int]]:
-    C, V, T = cfg.n_embd, cfg.vocab_size, cfg.block_size
-    shapes = {"transformer.wte.weight": [V, C], "transformer.wpe.weight": [T, C],
-              "transformer.ln_f.weight": [C]}
+def _expected_shapes(cfg: GPTConfig) -> dict[str, tuple[list[int], str]]:
+    """Every tensor the config implies: {our name: (shape, the config fields behind it)}."""
+    C, V, T, H = cfg.n_embd, cfg.vocab_size, cfg.block_size, cfg.mlp_width
+    shapes = {"transformer.wte.weight": ([V, C], "vocab_size, n_embd"),
+              "transformer.wpe.weight": ([T, C], "block_size, n_embd"), "transformer.ln_f.weight": ([C], "n_embd")}
     if cfg.bias:
-        shapes["transformer.ln_f.bias"] = [C]
+        shapes["transformer.ln_f.bias"] = ([C], "n_embd")
+    if not cfg.tie_word_embeddings:
+        shapes["lm_head.weight"] = ([V, C], "vocab_size, n_embd")
+    mlp = "n_embd, n_inner" if cfg.n_inner is not None else "n_embd (n_inner unset: 4 × n_embd)"
     for i in range(cfg.n_layer):
         p = f"transformer.h.{i}."
         layer = {"ln_1.weight": [C], "ln_2.weight": [C], "attn.c_attn.weight": [3 * C, C],
-                 "attn.c_proj.weight": [C, C], "mlp.c_fc.weight": [4 * C, C], "mlp.c_proj.weight": [C, 4 * C]}
+                 "attn.c_proj.weight": [C, C], "mlp.c_fc.weight": [H, C], "mlp.c_proj.weight": [C, H]}
         if cfg.bias:
             layer.update({"ln_1.bias": [C], "ln_2.bias": [C], "attn.c_attn.bias": [3 * C],
-                          "attn.c_proj.bias": [C], "mlp.c_fc.bias": [4 * C], "mlp.c_proj.bias": [C]})
-        shapes.update({p + k: v for k, v in layer.items()})
+                          "attn.c_proj.bias": [C], "mlp.c_fc.bias": [H], "mlp.c_proj.bias": [C]})
+        shapes.update({p + k: (v, mlp if ".mlp." in "." + k else "n_embd") for k, v in layer.items()})
     return shapes
 
 
-def _check_tensors(header: dict[str, dict], expected: dict[str, list[int]], fname: str) -> None:
-    missing = [k for k in expected if k not in header]
+def _check_tensors(header: dict[str, dict], names: dict[str, str], cfg: GPTConfig, kind: str) -> None:
+    """Compare the file's tensors (`names`: ours -> the file's) with what config.json implies.
+    Messages use the file's names, its [in, out] Conv1D shapes and its config field names."""
+    expected = _expected_shapes(cfg)
+    hf_layout = kind == "hf-gpt2"
+
+    def fields(desc: str) -> str:
+        return desc.replace("block_size", "n_positions") if hf_layout else desc
+
+    missing = [hf.file_name_for(k, header) for k in expected if k not in names]
     if missing:
         more = f" (and {len(missing) - 3} more)" if len(missing) > 3 else ""
-        raise CheckpointError(f"{fname} does not match config.json: missing tensor(s) {', '.join(missing[:3])}{more}")
-    unexpected = [k for k in header if k not in expected]
+        files = {v["file"] for v in header.values()} or {MODEL_FILE}
+        source = files.pop() if len(files) == 1 else INDEX_FILE + " and its shards"
+        raise CheckpointError(f"{source} does not match config.json: missing tensor(s) "
+                              f"{', '.join(missing[:3])}{more}")
+    unexpected = [theirs for ours, theirs in names.items() if ours not in expected]
     if unexpected:
-        raise CheckpointError(f"{fname} does not match config.json: unexpected tensor(s) {', '.join(unexpected[:3])}")
-    for name, shape in expected.items():
-        info = header[name]
+        why = ""
+        if any(n.endswith("lm_head.weight") for n in unexpected):
+            why = " (an output head, but config.json ties it to the token embedding)"
+        raise CheckpointError(f"{header[unexpected[0]]['file']} does not match config.json: unexpected tensor(s) "
+                              f"{', '.join(n if len(n) <= 60 else short(n) for n in unexpected[:3])}{why}")
+    for ours, (shape, desc) in expected.items():
+        theirs = names[ours]
+        info = header[theirs]
+        if hf_layout and ours.endswith(CONV1D):
+            shape = shape[::-1]  # Conv1D stores [in, out]
         if info["shape"] != shape:
-            raise CheckpointError(f"{fname}: tensor {name} has shape {info['shape']}, config.json implies {shape}")
+            raise CheckpointError(f"{info['file']}: tensor {theirs} has shape {info['shape']}, config.json implies "
+                                  f"{shape} (from its {fields(desc)})")
         if info["dtype"] not in FLOAT_DTYPES:
-            raise CheckpointError(f"{fname}: tensor {name} has dtype {info['dtype']}; weights must be floating point")
+            raise CheckpointError(f"{info['file']}: tensor {theirs} has dtype {info['dtype']}; weights must be "
+                                  "floating point")
 
 
-def _read_json(path: Path, what: str) -> dict:
+def _read_json(path: Path, what: str, max_bytes: int | None = None) -> dict:
     if not path.is_file():
-        raise CheckpointError(f"{what} is missing: expected {path.name} in {path.parent}")
-    try:
-        d = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise CheckpointError(f"{path.name} is not valid JSON: {e}") from None
+        raise CheckpointError(f"{what} is missing: expected {path.name} in the checkpoint folder")
+    d = read_json(path, **({} if max_bytes is None else {"max_bytes": max_bytes}))
     if not isinstance(d, dict):
         raise CheckpointError(f"{path.name} must hold a JSON object")
     return d
-
-
-def _hf_config(d: dict) -> GPTConfig:
-    act = d.get("activation_function", "gelu_new")
-    if act not in ("gelu_new", "gelu_pytorch_tanh", "gelu_fast"):
-        raise CheckpointError(f"config.json: activation_function={act!r} is not GPT-2's tanh GELU")
-    eps = d.get("layer_norm_epsilon", 1e-5)
-    if not isinstance(eps, (int, float)) or abs(eps - 1e-5) > 1e-9:
-        raise CheckpointError(f"config.json: layer_norm_epsilon={eps!r} is not supported (GPT-2 uses 1e-5)")
-    for flag in ("scale_attn_by_inverse_layer_idx", "reorder_and_upcast_attn"):
-        if d.get(flag):
-            raise CheckpointError(f"config.json: {flag}=true is not supported")
-    if d.get("scale_attn_weights", True) is not True:
-        raise CheckpointError("config.json: scale_attn_weights=false is not supported")
-    try:
-        return GPTConfig(vocab_size=d["vocab_size"], block_size=d.get("n_positions", d.get("n_ctx")),
-                         n_layer=d["n_layer"], n_head=d["n_head"], n_embd=d["n_embd"], dropout=0.0, bias=True)
-    except KeyError as e:
-        raise CheckpointError(f"config.json is missing GPT-2 key {e.args[0]!r}") from None
-    except ValueError as e:
-        raise CheckpointError(f"config.json: {e}") from None
-
-
-def _hf_key_map(header: dict[str, dict]) -> dict[str, str]:
-    """Map HF GPT-2 names to ours (accepting both prefixes); drop buffers and the tied head."""
-    out = {}
-    for k in header:
-        if k.endswith((".attn.bias", ".attn.masked_bias")) or k == "lm_head.weight":
-            continue
-        ours = k if k.startswith("transformer.") else "transformer." + k
-        out[ours] = k
-    return out
 
 
 def _load_tokenizer(folder: Path) -> Tokenizer | None:
@@ -308,7 +253,7 @@ def detect_kind(folder: str | Path) -> str:
     d = _read_json(Path(folder) / CONFIG_FILE, "config.json")
     if d.get("format") == "glassbox":
         return "glassbox"
-    if d.get("model_type") == "gpt2" or "n_positions" in d:
+    if hf.is_hf_config(d):
         return "hf-gpt2"
     raise CheckpointError("config.json is neither a Glassbox config (format: glassbox) nor a GPT-2 config "
                           "(model_type: gpt2)")
@@ -319,13 +264,49 @@ def read_config(folder: str | Path) -> GPTConfig:
     path = Path(folder)
     kind = detect_kind(path)
     cfg_d = _read_json(path / CONFIG_FILE, "config.json")
-    if kind == "hf-gpt2":
-        return _hf_config(cfg_d)
+    _check_config_values(cfg_d, None if kind == "glassbox" else hf.CONFIG_KEYS)
+    if kind != "glassbox":
+        return hf.hf_config(cfg_d)
     cfg_d.pop("format")
     try:
         return GPTConfig.from_dict(cfg_d)
     except (ValueError, TypeError) as e:
-        raise CheckpointError(f"config.json: {e}") from None
+        raise CheckpointError(f"config.json: {str(e)[:300]}") from None
+
+
+def _check_config_values(d: dict, keys) -> None:
+    """config.json's values are numbers, booleans, null or short strings (all of them for a
+    Glassbox config, the `keys` read from a transformers one), and its keys are short: so no
+    message built from them can echo a huge value."""
+    for k, v in d.items():
+        if len(k) > 64:
+            raise CheckpointError(f"config.json has a key of {len(k):,} characters ({short(k)})")
+        if keys is not None and k not in keys:
+            continue
+        if isinstance(v, (list, dict)) or (isinstance(v, str) and len(v) > 64):
+            raise CheckpointError(f"config.json: {k} must be a number, true/false or a short name, got {short(v)}")
+
+
+def _read_tensors(folder: Path, header: dict[str, dict], names: dict[str, str], kind: str) -> dict[str, torch.Tensor]:
+    state = {}
+    by_file: dict[str, list[str]] = {}
+    for ours, theirs in names.items():
+        by_file.setdefault(header[theirs]["file"], []).append(ours)
+    for fname, ours_list in by_file.items():
+        try:
+            with safe_open(str(folder / fname), framework="pt") as f:
+                for ours in ours_list:
+                    t = f.get_tensor(names[ours])
+                    if kind == "hf-gpt2" and ours.endswith(CONV1D):
+                        t = t.t()
+                    if not torch.isfinite(t).all():
+                        raise CheckpointError(f"{fname}: tensor {names[ours]} contains NaN or infinite values")
+                    state[ours] = t.to(torch.float32).contiguous()
+        except CheckpointError:
+            raise
+        except Exception as e:  # safetensors raises its own error types for corrupt data
+            raise CheckpointError(f"{fname} could not be read: {str(e)[:200]}") from None
+    return state
 
 
 def load(path: str | Path, device: str | torch.device = "cpu", max_bytes: int = DEFAULT_MAX_BYTES) -> Checkpoint:
@@ -342,49 +323,49 @@ def load(path: str | Path, device: str | torch.device = "cpu", max_bytes: int = 
         raise CheckpointError(f"config.json asks for {cfg.n_params():,} parameters ({need / 1e9:.1f} GB in "
                               f"float32), over this server's limit of {max_bytes / 1e9:.1f} GB")
 
-    header = check_safetensors_file(path / MODEL_FILE)
-    expected = _expected_shapes(cfg)
-    if kind == "glassbox":
-        names = {k: k for k in header}
-        _check_tensors(header, expected, MODEL_FILE)
-    else:
-        names = _hf_key_map(header)
-        hf_shapes = {}
-        for ours, theirs in names.items():
-            shape = header[theirs]["shape"]
-            if ours.endswith(CONV1D) and len(shape) == 2:
-                shape = shape[::-1]  # Conv1D stores [in, out]
-            hf_shapes[ours] = {"dtype": header[theirs]["dtype"], "shape": shape}
-        _check_tensors(hf_shapes, expected, MODEL_FILE)
+    header = hf.weight_headers(path)
+    names = {k: k for k in header} if kind == "glassbox" else hf.key_map(header)
+    notes = []
+    head = names.get("lm_head.weight")
+    if kind == "hf-gpt2" and head is not None and cfg.tie_word_embeddings:
+        # transformers keeps a head that differs from wte untied whatever the config says: so do we
+        if _differs(path, header, head, names.get("transformer.wte.weight")):
+            cfg = cfg.replace(tie_word_embeddings=False)
+            notes.append(f"config.json says tie_word_embeddings=true, but {header[head]['file']} holds its own "
+                         f"{head} that differs from the token embedding: loaded untied, as transformers does")
+        else:
+            names.pop("lm_head.weight")  # the same values: one tied tensor
+    _check_tensors(header, names, cfg, kind)
 
     tokenizer = _load_tokenizer(path)
     if tokenizer is not None and tokenizer.vocab_size > cfg.vocab_size:
         raise CheckpointError(f"tokenizer has {tokenizer.vocab_size} tokens but the model's vocab_size is "
                               f"{cfg.vocab_size}")
-    meta = _read_json(path / META_FILE, "meta.json") if (path / META_FILE).is_file() else {}
+    meta = _read_json(path / META_FILE, "meta.json", MAX_META_BYTES) if (path / META_FILE).is_file() else {}
 
-    state = {}
-    try:
-        with safe_open(str(path / MODEL_FILE), framework="pt") as f:
-            for ours, theirs in names.items():
-                t = f.get_tensor(theirs)
-                if kind == "hf-gpt2" and ours.endswith(CONV1D):
-                    t = t.t()
-                if not torch.isfinite(t).all():
-                    raise CheckpointError(f"{MODEL_FILE}: tensor {ours} contains NaN or infinite values")
-                state[ours] = t.to(torch.float32).contiguous()
-    except CheckpointError:
-        raise
-    except Exception as e:  # safetensors raises its own error types for corrupt data
-        raise CheckpointError(f"{MODEL_FILE} could not be read: {e}") from None
-
+    state = _read_tensors(path, header, names, kind)
     with torch.device("meta"):
         model = GPT(cfg)
-    state["lm_head.weight"] = state["transformer.wte.weight"]
+    if cfg.tie_word_embeddings:
+        state["lm_head.weight"] = state["transformer.wte.weight"]
     model.load_state_dict(state, strict=True, assign=True)
-    model.lm_head.weight = model.transformer.wte.weight  # re-tie after assign
+    if cfg.tie_word_embeddings:
+        model.lm_head.weight = model.transformer.wte.weight  # re-tie after assign
     model = model.to(device).eval()
-    return Checkpoint(model=model, tokenizer=tokenizer, config=cfg, meta=meta, kind=kind, path=path)
+    return Checkpoint(model=model, tokenizer=tokenizer, config=cfg, meta=meta, kind=kind, path=path, notes=notes)
+
+
+def _differs(folder: Path, header: dict, head: str, wte: str | None) -> bool:
+    """Whether the file's lm_head.weight holds other values than its wte.weight."""
+    a, b = header[head], header.get(wte) if wte else None
+    if b is None or a["shape"] != b["shape"]:
+        return True  # not a copy of wte: _check_tensors then reports what is wrong
+    try:
+        with safe_open(str(folder / a["file"]), framework="pt") as fa, \
+                safe_open(str(folder / b["file"]), framework="pt") as fb:
+            return not torch.equal(fa.get_tensor(head).float(), fb.get_tensor(wte).float())
+    except Exception as e:
+        raise CheckpointError(f"{a['file']} could not be read: {str(e)[:200]}") from None
 
 
 def load_train_state(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
@@ -395,12 +376,12 @@ def load_train_state(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
     with safe_open(str(path / STATE_FILE), framework="pt") as f:
         for k in f.keys():
             tensors[k] = f.get_tensor(k)
-    return tensors, _read_json(path / STATE_META_FILE, STATE_META_FILE)
+    return tensors, _read_json(path / STATE_META_FILE, STATE_META_FILE, MAX_META_BYTES)
 
 
 def is_checkpoint(path: str | Path) -> bool:
     path = Path(path)
-    return (path / CONFIG_FILE).is_file() and (path / MODEL_FILE).is_file()
+    return (path / CONFIG_FILE).is_file() and hf.has_weights(path)
 
 
 # --------------------------------------------------------------------------------------
@@ -408,27 +389,6 @@ def is_checkpoint(path: str | Path) -> bool:
 
 
 def export_hf_gpt2(model: GPT, tokenizer: Tokenizer | None, folder: str | Path) -> Path:
-    """Write `model` as a Hugging Face GPT-2 folder (GPT2LMHeadModel.from_pretrained reads it)."""
-    cfg = model.config
-    if not cfg.bias:
-        raise CheckpointError("GPT-2's layout has biases everywhere; a bias=false model cannot be exported to it")
-    sd = {}
-    for k, v in _state_dict_for_save(model).items():
-        sd[k] = v.t().contiguous() if k.endswith(CONV1D) else v
-    hf_cfg = {
-        "architectures": ["GPT2LMHeadModel"], "model_type": "gpt2", "activation_function": "gelu_new",
-        "vocab_size": cfg.vocab_size, "n_positions": cfg.block_size, "n_ctx": cfg.block_size,
-        "n_embd": cfg.n_embd, "n_layer": cfg.n_layer, "n_head": cfg.n_head, "n_inner": None,
-        "layer_norm_epsilon": 1e-5, "resid_pdrop": cfg.dropout, "embd_pdrop": cfg.dropout,
-        "attn_pdrop": cfg.dropout, "initializer_range": 0.02, "scale_attn_weights": True,
-        "tie_word_embeddings": True, "use_cache": True,
-    }
-    if tokenizer is not None and tokenizer.eot_id is not None:
-        hf_cfg["bos_token_id"] = hf_cfg["eos_token_id"] = tokenizer.eot_id
-
-    def write(tmp: Path) -> None:
-        save_file(sd, str(tmp / MODEL_FILE), metadata={"format": "pt"})
-        _write_json(tmp / CONFIG_FILE, hf_cfg)
-        if tokenizer is not None:
-            tokenizer.save(tmp / TOKENIZER_FILE)
-    return _atomic_folder(Path(folder), write)
+    """Write `model` as a Hugging Face GPT-2 folder (GPT2LMHeadModel.from_pretrained reads it),
+    with `tie_word_embeddings` and `n_inner` as the model has them."""
+    return hf.export_hf_gpt2(model, tokenizer, folder, _state_dict_for_save(model), _atomic_folder, _write_json)

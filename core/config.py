@@ -24,6 +24,7 @@ LIMITS = {
     "n_layer": (1, 256),
     "n_head": (1, 256),
     "n_embd": (1, 65_536),
+    "n_inner": (1, 262_144),  # optional: None means 4 × n_embd
 }
 
 
@@ -45,9 +46,13 @@ class GPTConfig:
     n_embd: int
     dropout: float = 0.0
     bias: bool = True
+    n_inner: int | None = None  # the MLP's hidden width; None: 4 × n_embd (GPT-2's)
+    tie_word_embeddings: bool = True  # the output head shares the token embedding's weights
 
     def __post_init__(self) -> None:
         for name, (lo, hi) in LIMITS.items():
+            if name == "n_inner" and self.n_inner is None:
+                continue
             _check_int(name, getattr(self, name), lo, hi)
         if self.n_embd % self.n_head:
             raise ValueError(
@@ -60,10 +65,17 @@ class GPTConfig:
             raise ValueError(f"dropout={self.dropout} is out of range: it must be in [0, 1)")
         if not isinstance(self.bias, bool):
             raise ValueError(f"bias must be true or false, got {self.bias!r}")
+        if not isinstance(self.tie_word_embeddings, bool):
+            raise ValueError(f"tie_word_embeddings must be true or false, got {self.tie_word_embeddings!r}")
 
     @property
     def head_size(self) -> int:
         return self.n_embd // self.n_head
+
+    @property
+    def mlp_width(self) -> int:
+        """The feed-forward network's hidden width: n_inner, or 4 × n_embd when unset."""
+        return 4 * self.n_embd if self.n_inner is None else self.n_inner
 
     # --- serialisation -------------------------------------------------------------
     def to_dict(self) -> dict:
@@ -93,14 +105,17 @@ class GPTConfig:
 
     # --- estimates (pure arithmetic: nothing is allocated) ----------------------------
     def n_params(self, include_embeddings: bool = True) -> int:
-        """Parameter count with the tied output head counted once."""
-        C, V, T, L = self.n_embd, self.vocab_size, self.block_size, self.n_layer
+        """Parameter count with a tied output head counted once (an untied head is not an
+        embedding, so it counts either way)."""
+        C, V, T, L, H = self.n_embd, self.vocab_size, self.block_size, self.n_layer, self.mlp_width
         b = 1 if self.bias else 0
         ln = C + b * C
         attn = C * 3 * C + b * 3 * C + C * C + b * C
-        mlp = C * 4 * C + b * 4 * C + 4 * C * C + b * C
+        mlp = C * H + b * H + H * C + b * C
         per_block = 2 * ln + attn + mlp
         total = L * per_block + ln  # + ln_f
+        if not self.tie_word_embeddings:
+            total += V * C  # lm_head
         if include_embeddings:
             total += V * C + T * C
         return total

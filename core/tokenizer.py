@@ -19,7 +19,6 @@ Does not own: corpora and batching (`core.data`), where the file lives in a chec
 """
 from __future__ import annotations
 
-import json
 import unicodedata
 from dataclasses import dataclass
 from functools import lru_cache
@@ -29,11 +28,15 @@ from typing import Iterable
 from tokenizers import Regex, decoders, models, pre_tokenizers, processors, trainers
 from tokenizers import Tokenizer as HFTokenizer
 
+from .safefile import loads_json, short
+
 EOT = "<|endoftext|>"
 UNK = "<unk>"
 MAX_VOCAB_SIZE = 65536            # ids fit in uint16
 MIN_BPE_VOCAB_SIZE = 256 + 1      # every byte + <|endoftext|>
-MAX_FILE_BYTES = 64 * 2**20       # a tokenizer.json larger than this is not one we can use
+MAX_FILE_BYTES = 16 * 2**20       # GPT-2's tokenizer.json is 1.4 MB, a 128k-token one about 9 MB
+MAX_LOAD_VOCAB = 262_144          # tokens a loaded file may declare (its vocab, its merges, its added tokens)
+MAX_TOKEN_CHARS = 4_096           # one vocabulary entry
 _CHAR_PATTERN = r"[\s\S]"         # one code point per piece (Oniguruma has no (?s) flag)
 _VISIBLE = {" ": "·", "\n": "↵", "\t": "→"}
 
@@ -137,7 +140,7 @@ def _detect_kind(d: dict) -> str:
     decoder = d.get("decoder") if isinstance(d.get("decoder"), dict) else {}
     if mtype == "BPE" and byte_level and decoder.get("type") == "ByteLevel":
         return "bpe"
-    raise TokenizerError(f"unsupported tokenizer: model {mtype!r} with pre-tokenizer {pre.get('type')!r}; "
+    raise TokenizerError(f"unsupported tokenizer: model {short(mtype)} with pre-tokenizer {short(pre.get('type'))}; "
                          "Glassbox reads character-level files it wrote and byte-level BPE (GPT-2 style)")
 
 
@@ -202,20 +205,20 @@ class Tokenizer:
         return cls(hf, "bpe")
 
     @classmethod
-    def from_str(cls, json_str: str) -> Tokenizer:
-        """Load from the text of a `tokenizer.json`."""
-        try:
-            d = json.loads(json_str)
-        except (json.JSONDecodeError, TypeError) as e:
-            raise TokenizerError(f"tokenizer file is not JSON: {e}") from None
-        if not isinstance(d, dict) or not isinstance(d.get("model"), dict):
-            raise TokenizerError("tokenizer file has no 'model' object: expected a Hugging Face tokenizers "
-                                 "tokenizer.json")
+    def from_str(cls, json_str: str, name: str = "tokenizer file") -> Tokenizer:
+        """Load from the text of a `tokenizer.json`. Its size, nesting, declared counts and
+        component types are checked (`check_tokenizer_json`) before `tokenizers` reads it."""
+        if not isinstance(json_str, (str, bytes)):
+            raise TokenizerError(f"{name} must be JSON text, got {type(json_str).__name__}")
+        d = loads_json(json_str, name, TokenizerError, max_bytes=MAX_FILE_BYTES, not_json="is not JSON")
+        check_tokenizer_json(d, name)
         kind = _detect_kind(d)
         try:
-            hf = HFTokenizer.from_str(json_str)
-        except Exception as e:  # the Rust loader raises a bare Exception
-            raise TokenizerError(f"tokenizer file is not a valid tokenizer.json: {e}") from None
+            hf = HFTokenizer.from_str(json_str if isinstance(json_str, str) else json_str.decode("utf-8"))
+        except BaseException as e:  # the Rust loader raises a bare Exception, or a PanicException (a BaseException)
+            if isinstance(e, (KeyboardInterrupt, SystemExit)):
+                raise
+            raise TokenizerError(f"{name} is not a valid tokenizer.json: {str(e)[:200]}") from None
         return cls(hf, kind)
 
     @classmethod
@@ -229,27 +232,29 @@ class Tokenizer:
             elif (path / "vocab.json").is_file() or (path / "merges.txt").is_file():
                 return cls._from_vocab_merges(path / "vocab.json", path / "merges.txt")
             else:
-                raise TokenizerError(f"no tokenizer.json (nor vocab.json + merges.txt) in folder {path}")
+                raise TokenizerError(f"no tokenizer.json (nor vocab.json + merges.txt) in folder {path.name}")
         if not path.is_file():
-            raise TokenizerError(f"tokenizer file {path} does not exist")
+            raise TokenizerError(f"tokenizer file {path.name} does not exist")
         return cls.from_str(_read_text(path))
 
     @classmethod
     def _from_vocab_merges(cls, vocab: Path, merges: Path) -> Tokenizer:
         for p in (vocab, merges):
             if not p.is_file():
-                raise TokenizerError(f"{p.name} is missing in {p.parent}: a GPT-2 tokenizer folder needs both "
+                raise TokenizerError(f"{p.name} is missing: a GPT-2 tokenizer folder needs both "
                                      "vocab.json and merges.txt (or a tokenizer.json)")
-        try:
-            v = json.loads(_read_text(vocab))
-        except json.JSONDecodeError as e:
-            raise TokenizerError(f"{vocab} is not JSON: {e}") from None
-        if not isinstance(v, dict) or not all(isinstance(i, int) for i in v.values()):
-            raise TokenizerError(f"{vocab} must map token strings to integer ids")
+        v = loads_json(_read_text(vocab), vocab.name, TokenizerError, max_bytes=MAX_FILE_BYTES, max_depth=1,
+                       not_json="is not JSON")
+        if not isinstance(v, dict) or not all(isinstance(i, int) and not isinstance(i, bool) for i in v.values()):
+            raise TokenizerError(f"{vocab.name} must map token strings to integer ids")
+        _check_count(len(v), f"{vocab.name} declares", "tokens")
+        _check_count(_read_text(merges).count("\n"), f"{merges.name} holds", "merges")
         try:
             hf = HFTokenizer(models.BPE.from_file(str(vocab), str(merges)))
-        except Exception as e:
-            raise TokenizerError(f"could not read {vocab.name} + {merges.name}: {e}") from None
+        except BaseException as e:  # a bare Exception or a PanicException from the Rust side
+            if isinstance(e, (KeyboardInterrupt, SystemExit)):
+                raise
+            raise TokenizerError(f"could not read {vocab.name} + {merges.name}: {str(e)[:200]}") from None
         hf.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
         hf.decoder = decoders.ByteLevel()
         if EOT in v:
@@ -390,8 +395,74 @@ def _check_corpus(text: str) -> None:
 def _read_text(path: Path) -> str:
     size = path.stat().st_size
     if size > MAX_FILE_BYTES:
-        raise TokenizerError(f"{path} is {size} bytes; tokenizer files over {MAX_FILE_BYTES} bytes are refused")
+        raise TokenizerError(f"{path.name} is {size:,} bytes; tokenizer files over {MAX_FILE_BYTES:,} bytes are "
+                             "refused")
     try:
         return path.read_text(encoding="utf-8")
     except UnicodeDecodeError as e:
-        raise TokenizerError(f"{path} is not UTF-8 text: {e}") from None
+        raise TokenizerError(f"{path.name} is not UTF-8 text (bad byte at {e.start})") from None
+
+
+def _check_count(n: int, what: str, unit: str) -> None:
+    if n > MAX_LOAD_VOCAB:
+        raise TokenizerError(f"{what} {n:,} {unit}; at most {MAX_LOAD_VOCAB:,} are accepted")
+
+
+def _bad(name: str, why: str) -> TokenizerError:
+    return TokenizerError(f"{name} is not a valid tokenizer.json: {why}")
+
+
+# Containers whose items are components themselves, by component type.
+_LISTS = {"Sequence": ("pretokenizers", "decoders", "normalizers", "processors")}
+
+
+def _check_component(c, where: str, name: str) -> None:
+    """A normalizer / pre-tokenizer / decoder / post-processor: null, or an object with a
+    string `type`; the items of a `Sequence` are components too (nesting is bounded already)."""
+    if c is None:
+        return
+    if not isinstance(c, dict):
+        raise _bad(name, f"{where} must be an object, got {short(c)}")
+    if not isinstance(c.get("type"), str):
+        raise _bad(name, f"{where} has no string \"type\" (got {short(c.get('type'))})")
+    for key in _LISTS.get(c["type"], ()):
+        if key in c:
+            items = c[key]
+            if not isinstance(items, list):
+                raise _bad(name, f"{where}.{key} must be a list, got {short(items)}")
+            for i, item in enumerate(items):
+                _check_component(item, f"{where}.{key}[{i}]", name)
+
+
+def check_tokenizer_json(d, name: str = "tokenizer file") -> None:
+    """Structure and declared sizes of a parsed tokenizer.json, checked before `tokenizers`
+    builds it: the model's vocab and merges and the added tokens are bounded by
+    `MAX_LOAD_VOCAB`, every component is an object with a type."""
+    if not isinstance(d, dict) or not isinstance(d.get("model"), dict):
+        raise TokenizerError(f"{name} has no 'model' object: expected a Hugging Face tokenizers tokenizer.json")
+    model = d["model"]
+    vocab = model.get("vocab")
+    if vocab is not None:
+        if not isinstance(vocab, (dict, list)):
+            raise _bad(name, f"model.vocab must be an object or a list, got {short(vocab)}")
+        _check_count(len(vocab), f"{name}'s model.vocab declares", "tokens")
+        if isinstance(vocab, dict):
+            long = next((t for t in vocab if len(t) > MAX_TOKEN_CHARS), None)
+            if long is not None:
+                raise _bad(name, f"a vocabulary entry of {len(long):,} characters ({short(long)}); "
+                                 f"at most {MAX_TOKEN_CHARS:,}")
+    merges = model.get("merges")
+    if merges is not None:
+        if not isinstance(merges, list):
+            raise _bad(name, f"model.merges must be a list, got {short(merges)}")
+        _check_count(len(merges), f"{name}'s model.merges declares", "merges")
+        bad = next((m for m in merges if not (isinstance(m, str) or (isinstance(m, list) and len(m) == 2
+                                                                    and all(isinstance(x, str) for x in m)))), None)
+        if bad is not None:
+            raise _bad(name, f"a merge must be \"a b\" or [\"a\", \"b\"], got {short(bad)}")
+    added = d.get("added_tokens", [])
+    if not isinstance(added, list) or not all(isinstance(t, dict) for t in added):
+        raise _bad(name, "added_tokens must be a list of objects")
+    _check_count(len(added), f"{name} declares", "added tokens")
+    for key in ("normalizer", "pre_tokenizer", "decoder", "post_processor"):
+        _check_component(d.get(key), key, name)

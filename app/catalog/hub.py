@@ -64,12 +64,15 @@ def download(repo: str, cache_dir: Path | None, max_bytes: int) -> Path:
     offline = hub_offline()
     kw = dict(cache_dir=cache_dir, local_files_only=offline, etag_timeout=HUB_TIMEOUT_S)
     try:
-        folder = Path(snapshot_download(repo, allow_patterns=[CONFIG_FILE], **kw))
+        folder = Path(snapshot_download(repo, allow_patterns=[CONFIG_FILE, checkpoint.INDEX_FILE], **kw))
         cfg = checkpoint.read_config(folder)  # a GPT-2 (or Glassbox) config, before the weights come
         if cfg.memory_bytes(4) > max_bytes:
             raise ValueError(f"{repo} has {cfg.n_params():,} parameters ({cfg.memory_bytes(4) / 1e9:.1f} GB "
                              f"in float32), over this server's limit of {max_bytes / 1e9:.1f} GB")
-        folder = Path(snapshot_download(repo, allow_patterns=HUB_FILES, **kw))
+        files, index = HUB_FILES, folder / checkpoint.INDEX_FILE
+        if index.is_file():  # sharded: the shards the index lists instead of model.safetensors
+            files = [f for f in HUB_FILES if f != MODEL_FILE] + checkpoint.shard_files(index)
+        folder = Path(snapshot_download(repo, allow_patterns=files, **kw))
     except CheckpointError as e:
         raise ValueError(f"{repo} is not a GPT-2-layout model: {e}") from None
     except (LocalEntryNotFoundError, OfflineModeIsEnabled):
@@ -88,7 +91,7 @@ def download(repo: str, cache_dir: Path | None, max_bytes: int) -> Path:
     except Exception as e:  # network and HTTP errors come in many types
         raise ValueError(f"could not download {repo} from the Hugging Face Hub: {type(e).__name__}: "
                          f"{clean(str(e), 200)}") from None
-    if not (folder / MODEL_FILE).is_file():
-        raise ValueError(f"{repo} has no model.safetensors on the Hub: Glassbox loads only safetensors "
-                         "weights, never pytorch_model.bin (pickle)")
+    if not checkpoint.is_checkpoint(folder):
+        raise ValueError(f"{repo} has no model.safetensors (nor a sharded {checkpoint.INDEX_FILE}) on the Hub: "
+                         "Glassbox loads only safetensors weights, never pytorch_model.bin (pickle)")
     return folder

@@ -17,6 +17,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
 
+from core import checkpoint
 from core.checkpoint import CONFIG_FILE, MODEL_FILE, Checkpoint
 
 
@@ -41,7 +42,8 @@ def model_bytes(ck: Checkpoint) -> int:
 def stamp(folder: Path) -> tuple:
     """What identifies one version of a checkpoint's files (an atomic rewrite changes it)."""
     out = []
-    for name in (MODEL_FILE, CONFIG_FILE):
+    weights = MODEL_FILE if (folder / MODEL_FILE).is_file() else checkpoint.INDEX_FILE  # sharded: the index
+    for name in (weights, CONFIG_FILE):
         st = (folder / name).stat()
         out += [st.st_ino, st.st_size, st.st_mtime_ns]
     return tuple(out)

@@ -35,6 +35,8 @@ CONFIG_MEANINGS = {
     "head_size": "numbers per head (n_embd / n_head)",
     "dropout": "share of activations zeroed during training",
     "bias": "whether linear layers and layer norms have a bias",
+    "n_inner": "width of the feed-forward network's hidden layer (None: 4 × n_embd)",
+    "tie_word_embeddings": "whether the output head reuses the token embedding's weights (else it has its own)",
 }
 CONFIG_HEADERS = ["setting", "value", "meaning"]
 MODULE_HEADERS = ["module", "kind", "shape", "parameters", "what it does"]
@@ -65,10 +67,11 @@ def module_role(name: str, cfg, tied: bool = True) -> str:
         "attn.c_attn": f"Attention: projects each token to query, key, value for {cfg.n_head} heads of {cfg.head_size} dims",
         "attn.c_proj": "Attention output: mixes the heads back into the residual stream",
         "ln_2": "Layer norm before the feed-forward network",
-        "mlp.c_fc": "Feed forward: expands to 4×n_embd, then GELU",
+        "mlp.c_fc": f"Feed forward: expands to {cfg.mlp_width} ({'4×n_embd' if cfg.n_inner is None else 'n_inner'}), then GELU",
         "mlp.c_proj": "Feed forward: projects back to n_embd",
         "ln_f": "Final layer norm",
-        "lm_head": "Output head: scores every vocabulary token" + (" (weights shared with wte, counted once)" if tied else ""),
+        "lm_head": "Output head: scores every vocabulary token"
+                   + (" (weights shared with wte, counted once)" if tied else " (its own weights, untied from wte)"),
     }
     return roles.get(leaf, "")
 
@@ -172,7 +175,9 @@ def render(info: dict | None):
     if not info:
         return "No model selected.", [], [], None, {}
     config_rows = [[k, str(v), CONFIG_MEANINGS.get(k, "")] for k, v in info["config"].items()]
-    module_rows = [[r["module"], r["kind"], " × ".join(str(d) for d in r["shape"]), fmt_int(r["params"]), r["role"]]
+    tied = info["config"].get("tie_word_embeddings", True)
+    module_rows = [[r["module"], r["kind"], " × ".join(str(d) for d in r["shape"]),
+                    "shared with wte" if r["module"] == "lm_head" and tied else fmt_int(r["params"]), r["role"]]
                    for r in info["modules"]]
     return (summary_markdown(info), config_rows, module_rows,
             figures.params_by_kind(info["params_by_kind"]), info["meta"])
