@@ -58,7 +58,9 @@ def test_untied_head_loads_with_its_own_weights(untied):
     assert ck.model.lm_head.weight is not ck.model.transformer.wte.weight
     _parity(hf, ck)
     rows = {r["module"]: r for r in ck.model.describe_modules()}
-    assert rows["lm_head"]["params"] == V * 32 and "untied" in rows["lm_head"]["role"]
+    assert rows["lm_head"]["params"] == V * 32
+    from app.tabs.model import module_role
+    assert "untied" in module_role("lm_head", ck.config, tied=False)
     assert ck.model.num_params() == ck.config.n_params() == sum(p.numel() for p in hf.parameters())
 
 
