@@ -35,11 +35,14 @@ import json, sys, time
 t0 = time.perf_counter()
 import torch
 t1 = time.perf_counter()
-from core.cli import prepare_data
 from core.config import TrainConfig, preset
+from core.data import load_corpus, split_tokens
+from core.tokenizer import Tokenizer
 from core.train import Trainer
 t2 = time.perf_counter()
-tok, split, info = prepare_data("shakespeare")
+raw = load_corpus("shakespeare")
+tok = Tokenizer.train_char(raw)
+split = split_tokens(tok.encode(raw))
 t3 = time.perf_counter()
 marks = {}
 def sink(ev):

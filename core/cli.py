@@ -1,11 +1,12 @@
-"""The command lines: `python -m core.train ...` and `python -m core.generate ...` (their parsers).
+"""The command lines: `python -m core.train FLAGS` or `python -m core.train --spec run.json`,
+and `python -m core.generate CHECKPOINT --prompt ...` (`generate_main`).
 
-Owns: turning flags into a corpus, a tokenizer, a token split, a `GPTConfig` and a
-`TrainConfig`, running the `Trainer`, printing its events (human lines, or one JSON
-object per line with `--json`), and turning SIGTERM / SIGINT into a clean stop (OUT/latest
-saved, a `stopped` event, exit 0). `prepare_data` is shared with the app's job manager.
-`generate_main`: a checkpoint and a prompt in, greedy / sampled / beam-search text out.
-Does not own: the loop itself (`core.train`), the decoding (`core.generate`, `core.beam`).
+Owns: the flags (each names a `core.spec.RunSpec` field, and its default is RunSpec's),
+turning them (or a spec file) into a RunSpec, printing a run's events (human lines, or one
+JSON object per line with `--json`), turning SIGTERM / SIGINT into a clean stop (OUT/latest
+saved, a `stopped` event, exit 0), and `--export`. Does not own: the run itself
+(`core.train.run`, which `core.train`'s `__main__` hands to `main`: this module never imports
+the trainer, so the two do not import each other).
 """
 
 from __future__ import annotations
@@ -13,37 +14,29 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import signal
 import sys
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from . import checkpoint as ckpt
 from .beam import beam_search
-from .config import PRESETS, GPTConfig, TrainConfig, preset
-from .data import SYNTHETIC_CORPORA, TokenSplit, load_corpus, split_tokens
+from .config import PRESETS
+from .data import SYNTHETIC_CORPORA
 from .generate import generate
-from .tokenizer import Tokenizer
-from .train import Trainer, init_distributed
+from .spec import COMPILE_MODES, DEVICES, DTYPES, OPTIMIZERS, SDPA, TOKENIZERS, RunSpec
 
-
-def prepare_data(corpus: str, tokenizer: str = "char", vocab_size: int = 512, text: str | None = None,
-                 path: str | None = None, val_fraction: float = 0.1, tokenizer_obj: Tokenizer | None = None,
-                 seed: int = 0) -> tuple[Tokenizer, TokenSplit, dict]:
-    """Corpus → tokenizer (trained on it unless given) → train/val token split, plus facts for meta."""
-    raw = load_corpus(corpus, text=text, path=path, seed=seed)
-    if tokenizer_obj is None:
-        if tokenizer == "char":
-            tokenizer_obj = Tokenizer.train_char(raw)
-        elif tokenizer == "bpe":
-            tokenizer_obj = Tokenizer.train_bpe(raw, vocab_size)
-        else:
-            raise ValueError(f"tokenizer={tokenizer!r} must be 'char' or 'bpe'")
-    ids = tokenizer_obj.encode(raw)
-    split = split_tokens(ids, val_fraction=val_fraction)
-    info = {"corpus": corpus, "corpus_chars": len(raw), "tokenizer": tokenizer_obj.kind,
-            "vocab_size": tokenizer_obj.vocab_size, "tokens": len(ids)}
-    return tokenizer_obj, split, info
+D = RunSpec()  # every flag's default
+# flags whose dest is a RunSpec field of the same name (--no-bias is the one inverted flag)
+SPEC_FLAGS = ("corpus", "text_file", "tokenizer", "vocab_size", "val_fraction", "preset", "n_layer", "n_head",
+              "n_embd", "block_size", "dropout", "steps", "batch_size", "lr", "min_lr", "warmup", "weight_decay",
+              "beta2", "grad_clip", "optimizer", "grad_accum", "eval_interval", "eval_batches", "ckpt_interval",
+              "sample_interval", "sample_prompt", "sample_tokens", "log_interval", "seed", "device", "dtype", "sdpa",
+              "compile", "compile_mode", "threads", "out", "resume")
+WITH_SPEC = ("spec", "json", "resume")  # what may go with --spec
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -51,22 +44,24 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m core.train",
         description="Train a small GPT and write a checkpoint folder (OUT/latest and OUT/best).",
-        epilog="Events: with --json, one JSON object per line (keys 'kind' and 'step'; kinds start, step, eval, "
-               "sample, checkpoint, done, stopped, failed), flushed. SIGTERM or SIGINT stops within one step, "
+        epilog="Events: with --json, one JSON object per line (keys 'kind' and 'step'; kinds prepare, start, step, "
+               "eval, sample, checkpoint, done, stopped, failed), flushed. SIGTERM or SIGINT stops within one step, "
                "saves OUT/latest (resumable with --resume), prints a 'stopped' event and exits 0. Exit codes: 0 "
                "done/stopped, 1 failed while training, 2 bad arguments or data. Distributed: torchrun "
-               "--nproc_per_node=N -m core.train ... (gloo on CPU, nccl on GPU; rank 0 logs and saves).",
+               "--nproc_per_node=N -m core.train ... (gloo on CPU, nccl on GPU; rank 0 logs and saves). "
+               "--spec run.json takes the whole run from a RunSpec file (core.spec) instead of the flags.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     g = p.add_argument_group("data")
     g.add_argument("--corpus", default=None, choices=corpora,
                    help="training text: Tiny Shakespeare, a synthetic corpus, or 'file' (with --text-file); "
                         "default shakespeare, or file when --text-file is given")
     g.add_argument("--text-file", help="a UTF-8 .txt file to train on (implies --corpus file)")
-    g.add_argument("--tokenizer", default="char", choices=["char", "bpe"], help="character-level or byte-level BPE")
-    g.add_argument("--vocab-size", type=int, default=512, help="BPE vocabulary size (trained on the corpus)")
-    g.add_argument("--val-fraction", type=float, default=0.1, help="share of the tokens held out for validation")
+    g.add_argument("--tokenizer", default=D.tokenizer, choices=TOKENIZERS, help="character-level or byte-level BPE")
+    g.add_argument("--vocab-size", type=int, default=D.vocab_size, help="BPE vocabulary size (trained on the corpus)")
+    g.add_argument("--val-fraction", type=float, default=D.val_fraction,
+                   help="share of the tokens held out for validation")
     m = p.add_argument_group("model (a preset, each size overridable)")
-    m.add_argument("--preset", default="nano", choices=list(PRESETS), help="model preset")
+    m.add_argument("--preset", default=D.preset, choices=list(PRESETS), help="model preset")
     m.add_argument("--n-layer", type=int, help="transformer blocks (default: the preset's)")
     m.add_argument("--n-head", type=int, help="attention heads (default: the preset's)")
     m.add_argument("--n-embd", type=int, help="width; divisible by --n-head (default: the preset's)")
@@ -74,44 +69,57 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--dropout", type=float, help="dropout probability (default: 0)")
     m.add_argument("--no-bias", action="store_true", help="no biases in linear layers and LayerNorms")
     t = p.add_argument_group("training")
-    d = TrainConfig()
-    t.add_argument("--steps", type=int, default=d.steps, help="optimizer steps")
-    t.add_argument("--batch-size", type=int, default=d.batch_size,
+    t.add_argument("--steps", type=int, default=D.steps, help="optimizer steps")
+    t.add_argument("--batch-size", type=int, default=D.batch_size,
                    help="global batch (split across torchrun processes)")
-    t.add_argument("--lr", type=float, default=d.lr, help="peak learning rate")
-    t.add_argument("--min-lr", type=float, default=None, help="final learning rate of the cosine (default: lr/10)")
-    t.add_argument("--warmup", type=int, default=d.warmup_steps, help="linear warm-up steps")
-    t.add_argument("--weight-decay", type=float, default=d.weight_decay, help="AdamW decay (matrices only)")
-    t.add_argument("--beta2", type=float, default=d.beta2, help="AdamW beta2")
-    t.add_argument("--grad-clip", type=float, default=d.grad_clip, help="clip the gradient norm (0: off)")
-    t.add_argument("--optimizer", default=d.optimizer, choices=["adamw", "muon"],
+    t.add_argument("--lr", type=float, default=D.lr, help="peak learning rate")
+    t.add_argument("--min-lr", type=float, default=D.min_lr, help="final learning rate of the cosine (default: lr/10)")
+    t.add_argument("--warmup", type=int, default=D.warmup, help="linear warm-up steps")
+    t.add_argument("--weight-decay", type=float, default=D.weight_decay, help="AdamW decay (matrices only)")
+    t.add_argument("--beta2", type=float, default=D.beta2, help="AdamW beta2")
+    t.add_argument("--grad-clip", type=float, default=D.grad_clip, help="clip the gradient norm (0: off)")
+    t.add_argument("--optimizer", default=D.optimizer, choices=OPTIMIZERS,
                    help="adamw, or muon (torch.optim.Muon on hidden matrices + AdamW on the rest)")
-    t.add_argument("--grad-accum", type=int, default=1, help="micro-batches per optimizer step")
-    t.add_argument("--eval-interval", type=int, default=d.eval_interval, help="eval every N steps (0: only at the end)")
-    t.add_argument("--eval-batches", type=int, default=d.eval_batches, help="fixed batches per eval")
-    t.add_argument("--ckpt-interval", type=int, default=d.ckpt_interval,
+    t.add_argument("--grad-accum", type=int, default=D.grad_accum, help="micro-batches per optimizer step")
+    t.add_argument("--eval-interval", type=int, default=D.eval_interval, help="eval every N steps (0: only at the end)")
+    t.add_argument("--eval-batches", type=int, default=D.eval_batches, help="fixed batches per eval")
+    t.add_argument("--ckpt-interval", type=int, default=D.ckpt_interval,
                    help="save OUT/latest every N steps (0: at the end)")
-    t.add_argument("--sample-interval", type=int, default=0, help="sample every N steps (0: at each eval)")
-    t.add_argument("--sample-prompt", default=d.sample_prompt, help="prompt for the samples")
-    t.add_argument("--sample-tokens", type=int, default=d.sample_tokens, help="tokens per sample (0: no samples)")
-    t.add_argument("--log-interval", type=int, default=10, help="a step event every N steps")
-    t.add_argument("--seed", type=int, default=d.seed, help="seed for init, batches and dropout")
+    t.add_argument("--sample-interval", type=int, default=D.sample_interval,
+                   help="sample every N steps (0: at each eval)")
+    t.add_argument("--sample-prompt", default=D.sample_prompt, help="prompt for the samples")
+    t.add_argument("--sample-tokens", type=int, default=D.sample_tokens, help="tokens per sample (0: no samples)")
+    t.add_argument("--log-interval", type=int, default=D.log_interval, help="a step event every N steps")
+    t.add_argument("--seed", type=int, default=D.seed, help="seed for init, batches and dropout")
     x = p.add_argument_group("speed")
-    x.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"], help="where to train")
-    x.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
+    x.add_argument("--device", default=D.device, choices=DEVICES, help="where to train")
+    x.add_argument("--dtype", default=D.dtype, choices=DTYPES,
                    help="autocast dtype; auto: bf16 on GPU, on CPU whichever a start-up probe measures faster")
-    x.add_argument("--sdpa", default="auto", choices=["auto", "math", "flash", "efficient", "cudnn"],
+    x.add_argument("--sdpa", default=D.sdpa, choices=SDPA,
                    help="pin the attention kernel; auto: probed on CPU, torch's choice on GPU")
     x.add_argument("--compile", action="store_true", help="torch.compile the model")
-    x.add_argument("--compile-mode", default=None, choices=["default", "reduce-overhead", "max-autotune"],
+    x.add_argument("--compile-mode", default=D.compile_mode, choices=[c for c in COMPILE_MODES if c],
                    help="torch.compile mode (reduce-overhead uses CUDA graphs)")
-    x.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    x.add_argument("--threads", type=int, default=D.threads, help="torch threads (0: torch's default)")
     o = p.add_argument_group("output")
-    o.add_argument("--out", required=True, help="run folder: latest/ and best/ checkpoints go here")
+    o.add_argument("--out", help="run folder: latest/ and best/ checkpoints go here (required without --spec)")
     o.add_argument("--resume", action="store_true", help="continue from OUT/latest exactly where it stopped")
     o.add_argument("--export", help="after training, copy the best checkpoint (without training state) here")
     o.add_argument("--json", action="store_true", help="print one JSON object per event and line")
+    o.add_argument("--spec", metavar="RUN.json",
+                   help="take the whole run from a RunSpec JSON file (only --json and --resume may go with it)")
     return p
+
+
+def spec_from_args(a: argparse.Namespace) -> RunSpec:
+    """The RunSpec the flags describe (raises ValueError, naming the flag, for a contradiction)."""
+    values = {k: getattr(a, k) for k in SPEC_FLAGS}
+    if values["text_file"] and values["corpus"] not in (None, "file"):
+        raise ValueError(f"--text-file trains on that file: drop --corpus {a.corpus} (or use --corpus file)")
+    if values["corpus"] == "file" and not values["text_file"]:
+        raise ValueError("--corpus file needs --text-file PATH")
+    values["corpus"] = values["corpus"] or ("file" if values["text_file"] else "shakespeare")
+    return RunSpec(**{k: v for k, v in values.items() if v is not None}, bias=not a.no_bias)
 
 
 def _finite(obj):
@@ -127,6 +135,8 @@ def _finite(obj):
 
 def _human(ev: dict) -> str | None:
     k = ev["kind"]
+    if k == "prepare":
+        return f"{ev['stage']}…"
     if k == "start":
         return (f"training {ev['n_params']:,} parameters on {ev['device']} ({ev['dtype']}, "
                 f"attention kernel: {ev['sdpa'] or 'auto'}), "
@@ -146,34 +156,32 @@ def _human(ev: dict) -> str | None:
 
 
 class _SignalStop:
-    """SIGTERM / SIGINT stop the trainer after the current step (a second one interrupts at
-    once). Installed before the data is prepared: a signal that arrives early stops the
-    run at step 0, which still saves OUT/latest and reports 'stopped'."""
+    """SIGTERM / SIGINT set the run's stop flag, so it stops after the current step (a second
+    one interrupts at once). Installed before the data is prepared: a signal that arrives early
+    stops the run at step 0, which still saves OUT/latest and reports 'stopped'."""
 
     def __init__(self) -> None:
-        self.trainer: Trainer | None = None
-        self.pending = False
+        self.event = threading.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, self._handler)
 
     def _handler(self, signum, frame) -> None:
-        if self.pending:
+        if self.event.is_set():
             raise KeyboardInterrupt
-        self.pending = True
-        if self.trainer is not None:
-            self.trainer.stop()
-
-    def attach(self, trainer: Trainer) -> None:
-        self.trainer = trainer
-        if self.pending:
-            trainer.stop()
+        self.event.set()
 
 
-def train_main(argv: list[str] | None = None) -> int:
-    a = build_parser().parse_args(argv)
-    out = Path(a.out)
-    if a.corpus is None:
-        a.corpus = "file" if a.text_file else "shakespeare"
+def main(run: Callable[..., dict], argv: list[str] | None = None) -> int:
+    """`python -m core.train`: `run` is `core.train.run`. Returns the exit code."""
+    parser = build_parser()
+    a = parser.parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    if a.spec is not None:
+        extra = sorted(k for k, v in vars(a).items() if k not in WITH_SPEC and v != parser.get_default(k))
+        if extra:
+            parser.error(f"--spec takes the whole run from its file: drop --{extra[0].replace('_', '-')}")
+    elif not a.out:
+        parser.error("the following arguments are required: --out (or --spec RUN.json)")
     signals = _SignalStop()
 
     def emit(ev: dict) -> None:
@@ -182,62 +190,20 @@ def train_main(argv: list[str] | None = None) -> int:
             print(line, flush=True)
 
     try:
-        if a.text_file and a.corpus != "file":
-            raise ValueError(f"--text-file trains on that file: drop --corpus {a.corpus} (or use --corpus file)")
-        if a.corpus == "file" and not a.text_file:
-            raise ValueError("--corpus file needs --text-file PATH")
-        dist = init_distributed(a.device)
-        resume_dir = out / "latest" if a.resume else None
-        tok = None
-        if resume_dir is not None:
-            if dist.main:  # a save killed half-way may have set the previous checkpoint aside
-                ckpt.recover(resume_dir)
-                ckpt.recover(out / "best")
-            if dist.enabled:
-                import torch.distributed as tdist
-                tdist.barrier()
-            if not ckpt.is_checkpoint(resume_dir):
-                raise ValueError(f"--resume: no checkpoint at {resume_dir}")
-            tok = Tokenizer.from_file(resume_dir / ckpt.TOKENIZER_FILE)
-        tok, split, info = prepare_data(a.corpus, a.tokenizer, a.vocab_size, path=a.text_file,
-                                        val_fraction=a.val_fraction, tokenizer_obj=tok, seed=a.seed)
-        mcfg: GPTConfig = preset(a.preset, vocab_size=tok.vocab_size if "vocab_size" not in PRESETS[a.preset] else None,
-                                 n_layer=a.n_layer, n_head=a.n_head, n_embd=a.n_embd, block_size=a.block_size,
-                                 dropout=a.dropout, bias=False if a.no_bias else None)
-        if tok.vocab_size > mcfg.vocab_size:
-            mcfg = mcfg.replace(vocab_size=tok.vocab_size)
-        tcfg = TrainConfig(steps=a.steps, batch_size=a.batch_size, lr=a.lr, min_lr=a.min_lr, warmup_steps=a.warmup,
-                           weight_decay=a.weight_decay, beta2=a.beta2, grad_clip=a.grad_clip, optimizer=a.optimizer,
-                           grad_accum=a.grad_accum, eval_interval=a.eval_interval, eval_batches=a.eval_batches,
-                           ckpt_interval=a.ckpt_interval, sample_interval=a.sample_interval,
-                           sample_prompt=a.sample_prompt, sample_tokens=a.sample_tokens, log_interval=a.log_interval,
-                           seed=a.seed, device=a.device, dtype=a.dtype, compile=a.compile, threads=a.threads,
-                           extra={k: v for k, v in (("sdpa", a.sdpa), ("compile_mode", a.compile_mode)) if v})
-        trainer = Trainer(mcfg, tcfg, split, tok, out_dir=out, on_event=emit, resume_from=resume_dir,
-                          run_info={"data": info, "command": "python -m core.train "
-                                    + " ".join(sys.argv[1:] if argv is None else argv)},
-                          dist=dist)
-    except ValueError as e:
+        spec = RunSpec.load(a.spec) if a.spec is not None else spec_from_args(a)
+        if a.resume and not spec.resume:
+            spec = spec.replace(resume=True)
+    except (ValueError, OSError) as e:
         emit({"kind": "failed", "step": 0, "reason": str(e)})
         return 2
-    signals.attach(trainer)
-    final = trainer.run()
-    if a.export and final["kind"] == "done" and dist.main:
+    final = run(spec, emit, signals.event, command="python -m core.train " + " ".join(argv))
+    if final["kind"] == "failed" and "stage" in final:  # bad data, or nothing to resume
+        return 2
+    if a.export and final["kind"] == "done" and int(os.environ.get("RANK", "0")) == 0:
+        out = Path(spec.out)
         src = out / "best" if (out / "best").is_dir() else out / "latest"
         loaded = ckpt.load(src)
         ckpt.save(a.export, loaded.model, loaded.tokenizer, loaded.meta)
-    if dist.enabled:
-        import gc
-
-        import torch.distributed as tdist
-
-        # Tear down in order: every rank done, the DDP wrapper (and its gloo work) freed, then the
-        # group. Destroying the group under a live DDP reducer can abort the process at exit
-        # ("terminate called without an active exception").
-        tdist.barrier()
-        del trainer
-        gc.collect()
-        tdist.destroy_process_group()
     return {"done": 0, "stopped": 0}.get(final["kind"], 1)
 
 

@@ -171,21 +171,28 @@ def preset(name: str, **overrides: Any) -> GPTConfig:
 
 OPTIMIZERS = ("adamw", "muon")
 
+# Glassbox's CPU recipe for small models (bench/train_cpu.py compares it with nanoGPT's): Muon
+# for the hidden matrices, AdamW for the rest. The one copy: TrainConfig's defaults, and so
+# RunSpec's, the CLI's and the Train tab's, are read from it.
+RECIPE: dict[str, Any] = dict(batch_size=16, lr=6e-3, warmup_steps=50, weight_decay=0.1, beta2=0.99, grad_clip=1.0,
+                              optimizer="muon")
+
 
 @dataclass
 class TrainConfig:
-    """Training settings. Defaults are Glassbox's CPU recipe for small models."""
+    """Training settings (the trainer's input; `core.spec.RunSpec.train_config()` builds one).
+    Defaults are Glassbox's CPU recipe for small models (`RECIPE`)."""
 
     steps: int = 2000
-    batch_size: int = 16
-    lr: float = 6e-3
+    batch_size: int = RECIPE["batch_size"]
+    lr: float = RECIPE["lr"]
     min_lr: float | None = None  # defaults to lr / 10
-    warmup_steps: int = 50
-    weight_decay: float = 0.1
+    warmup_steps: int = RECIPE["warmup_steps"]
+    weight_decay: float = RECIPE["weight_decay"]
     beta1: float = 0.9
-    beta2: float = 0.99
-    grad_clip: float = 1.0
-    optimizer: str = "muon"  # Muon for the hidden matrices, AdamW for the rest (bench/train_cpu.py)
+    beta2: float = RECIPE["beta2"]
+    grad_clip: float = RECIPE["grad_clip"]
+    optimizer: str = RECIPE["optimizer"]
     eval_interval: int = 250
     eval_batches: int = 20
     log_interval: int = 1

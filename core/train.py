@@ -3,17 +3,21 @@
 Owns: `Trainer` (AdamW with weight decay on matrices only, or Muon for the hidden
 matrices with AdamW for the rest; warmup + cosine LR; gradient clipping; eval on a
 fixed set of batches; samples from a fixed prompt; checkpoints every N steps plus the
-best val loss; exact resume from safetensors + JSON; the compute path (dtype, SDPA kernel, Muon's
-orthogonalisation dtype) from `core.probe`, measured on this CPU; bf16 + fused AdamW and
-optional torch.compile on GPU, with MFU; DistributedDataParallel under `torchrun`), and the
-entry point of `python -m core.train` (its parser lives in `core.cli`).
+best val loss; exact resume from safetensors + JSON (`core.resume`); the compute path (dtype, SDPA
+kernel, Muon's orthogonalisation dtype) from `core.probe`, measured on this CPU; bf16 + fused AdamW
+and optional torch.compile on GPU, with MFU; DistributedDataParallel under `torchrun`), and
+`run(spec, on_event, stop)`, the one assembly of a run from a `core.spec.RunSpec` (corpus →
+tokenizer → token split → model → optimizer → Trainer), which the CLI, the app's job manager
+and its child process (`python -m core.train --spec run.json --json`) all call. The flags
+live in `core.cli`; this module's `__main__` hands it `run`.
 
 Failures end the run with a `failed` event and a reason (non-finite loss or gradient, out
 of memory, bad data); `latest/` then still holds the last good checkpoint.
 
 The trainer never prints: it calls `on_event(event)` with a dict whose `kind` is one of
-step / eval / sample / checkpoint / done / stopped / failed; the CLI, the app's job
-manager and the benchmarks decide what to show. Does not own: corpora and batches
+prepare (with a `stage`, before the start) / start / step / eval / sample / checkpoint /
+done / stopped / failed; the CLI, the app's job manager and the benchmarks decide what to
+show. Does not own: corpora and batches
 (`core.data`), the file format (`core.checkpoint`).
 """
 
@@ -21,10 +25,8 @@ from __future__ import annotations
 
 import contextlib
 import math
-import os
 import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -32,13 +34,18 @@ import torch
 import torch.nn as nn
 
 from . import checkpoint as ckpt
-from .config import GPTConfig, TrainConfig, lr_at
-from .data import BatchSampler, TokenSplit, fixed_batches
+from .config import RECIPE, GPTConfig, TrainConfig, lr_at
+from .data import BatchSampler, TokenSplit, fixed_batches, load_corpus, split_tokens
 from .device import Placement, peak_flops, pick_device, pick_dtype
+from .dist import Dist, init_distributed, teardown
 from .generate import generate
 from .model import GPT
 from .optim import build_optimizers
 from .probe import choose_path
+from .resume import flatten_optim as _flatten_optim
+from .resume import resumable
+from .resume import unflatten_optim as _unflatten_optim
+from .spec import RunSpec
 from .tokenizer import Tokenizer
 
 EventSink = Callable[[dict], None]
@@ -49,77 +56,12 @@ EventSink = Callable[[dict], None]
 # 6× higher peak LR than nanoGPT's AdamW (1.83 vs 2.28 val at 600 steps, batch 12), and
 # the bf16 path pays for a larger batch (batch 24 reached 1.53 at 2000 steps but needed
 # 400 steps to pass nanoGPT's final loss; 16 balances the two).
-GLASSBOX_CPU_RECIPE: dict = dict(batch_size=16, lr=6e-3, warmup_steps=50, weight_decay=0.1, beta2=0.99,
-                                 grad_clip=1.0, optimizer="muon")
+GLASSBOX_CPU_RECIPE: dict = dict(RECIPE)  # batch 16, lr 6e-3, warmup 50, wd 0.1, beta2 0.99, clip 1.0, muon
 GLASSBOX_CPU_MODEL: dict = {}
 
 
 # --------------------------------------------------------------------------------------
 # Optimizer state as safetensors + JSON
-
-
-def _flatten_optim(opts: list[torch.optim.Optimizer]) -> tuple[dict[str, torch.Tensor], list]:
-    tensors, meta = {}, []
-    for j, opt in enumerate(opts):
-        sd = opt.state_dict()
-        scalars = {}
-        for pid, st in sd["state"].items():
-            for k, v in st.items():
-                if torch.is_tensor(v):
-                    tensors[f"optim.{j}.{pid}.{k}"] = v
-                else:
-                    scalars[f"{pid}.{k}"] = v
-        meta.append({"param_groups": sd["param_groups"], "scalars": scalars})
-    return tensors, meta
-
-
-def _unflatten_optim(opts: list[torch.optim.Optimizer], tensors: dict[str, torch.Tensor], meta: list) -> None:
-    if len(meta) != len(opts):
-        raise ValueError(f"the saved training state has {len(meta)} optimizer(s), this run has {len(opts)}")
-    for j, opt in enumerate(opts):
-        state: dict[int, dict] = {}
-        for name, t in tensors.items():
-            if name.startswith(f"optim.{j}."):
-                _, _, pid, k = name.split(".", 3)
-                state.setdefault(int(pid), {})[k] = t
-        for key, v in meta[j]["scalars"].items():
-            pid, k = key.split(".", 1)
-            state.setdefault(int(pid), {})[k] = v
-        opt.load_state_dict({"state": state, "param_groups": meta[j]["param_groups"]})
-
-
-# --------------------------------------------------------------------------------------
-# Distributed (torchrun)
-
-
-@dataclass
-class Dist:
-    rank: int = 0
-    world: int = 1
-    local_rank: int = 0
-
-    @property
-    def enabled(self) -> bool:
-        return self.world > 1
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-
-def init_distributed(device: str) -> Dist:
-    """Under torchrun (RANK/WORLD_SIZE set) join the process group: nccl on GPU, gloo on CPU."""
-    if "RANK" not in os.environ or int(os.environ.get("WORLD_SIZE", "1")) <= 1:
-        return Dist()
-    import torch.distributed as dist
-
-    use_cuda = device in ("cuda", "auto") and torch.cuda.is_available()
-    if not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if use_cuda else "gloo")
-    d = Dist(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
-    if use_cuda:
-        torch.cuda.set_device(d.local_rank)
-    return d
 
 
 # --------------------------------------------------------------------------------------
@@ -136,14 +78,14 @@ class Trainer:
     def __init__(self, model_config: GPTConfig, train_config: TrainConfig, data: TokenSplit,
                  tokenizer: Tokenizer | None = None, out_dir: str | Path | None = None,
                  on_event: EventSink | None = None, resume_from: str | Path | None = None,
-                 run_info: dict | None = None, dist: Dist | None = None):
+                 run_info: dict | None = None, dist: Dist | None = None, stop: threading.Event | None = None):
         self.mcfg, self.cfg, self.data, self.tokenizer = model_config, train_config, data, tokenizer
         self.out_dir = Path(out_dir) if out_dir is not None else None
         self.sinks: list[EventSink] = [on_event] if on_event else []
         self.resume_from = Path(resume_from) if resume_from else None
         self.run_info = dict(run_info or {})
         self.dist = dist or Dist()
-        self._stop = threading.Event()
+        self._stop = stop if stop is not None else threading.Event()  # `stop` lets a caller share its flag
         self.history: list[dict] = []
         self.evals: list[dict] = []
         self.best_val = math.inf
@@ -189,6 +131,8 @@ class Trainer:
         # (exact continuation); otherwise a CPU measures its fastest path now
         self._saved_state = ckpt.load_train_state(self.resume_from) if self.resume_from is not None else None
         saved = (self._saved_state[1].get("placement") or {}) if self._saved_state else {}
+        if cfg.dtype == "auto" and self.device.type == "cpu" and not saved:
+            self._emit("prepare", stage="probing CPU speed")
         # every rank takes rank 0's choice: one path for all replicas
         answer = [choose_path(self.device, self.mcfg, cfg, saved, max(1, cfg.batch_size // self.dist.world),
                               cfg.extra.get("cache_dir")) if self.dist.main or self.device.type != "cpu" else None]
@@ -203,6 +147,7 @@ class Trainer:
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True
 
+        self._emit("prepare", stage="building model")
         torch.manual_seed(cfg.seed)
         self.raw_model = GPT(self.mcfg).to(self.device)
         self.optimizers = build_optimizers(self.raw_model, cfg, fused=self.device.type == "cuda",
@@ -220,6 +165,7 @@ class Trainer:
 
             model = DDP(model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
         if cfg.compile:  # extra["compile_mode"]="reduce-overhead" adds CUDA graphs (tiny models on GPU)
+            self._emit("prepare", stage="compiling")
             model = torch.compile(model, mode=cfg.extra.get("compile_mode") or None)
         self.model = model
         self.tokens_per_step = cfg.batch_size * self.mcfg.block_size * cfg.grad_accum
@@ -438,9 +384,63 @@ class Trainer:
         return ev
 
 
-if __name__ == "__main__":
-    import sys
+# --------------------------------------------------------------------------------------
+# The one assembly of a run
 
-    from .cli import train_main
 
-    sys.exit(train_main())
+def run(spec: RunSpec, on_event: EventSink | None = None, stop: threading.Event | None = None, *,
+        command: str | None = None) -> dict:
+    """Run `spec` to the end: corpus → tokenizer → token split → model → optimizer → Trainer.
+
+    Events go to `on_event` (on rank 0 under torchrun), `prepare` ones first, naming each stage;
+    setting `stop` ends the run within one step (before training: at step 0, still saving
+    `latest/`). Returns the final event; a run that failed while preparing (bad data, no
+    checkpoint to resume) has a `stage` key in it, naming where."""
+    dist = init_distributed(spec.device)
+    stop = stop if stop is not None else threading.Event()
+    stage = ""
+
+    def emit(ev: dict) -> None:
+        if on_event is not None and dist.main:
+            on_event(ev)
+
+    def enter(name: str) -> None:
+        nonlocal stage
+        stage = name
+        emit({"kind": "prepare", "step": 0, "time": time.time(), "stage": name})
+
+    try:
+        if not spec.out:
+            raise ValueError("the run spec has no out folder: say where the run goes")
+        resume_dir = resumable(spec.out, dist) if spec.resume else None
+        enter("reading corpus")
+        raw = load_corpus(spec.corpus, text=spec.text or None, path=spec.text_file, seed=spec.seed)
+        if resume_dir is not None:  # the tokenizer the run was trained with
+            tok = Tokenizer.from_file(resume_dir / ckpt.TOKENIZER_FILE)
+        elif spec.tokenizer == "bpe":
+            enter("training BPE tokenizer")
+            tok = Tokenizer.train_bpe(raw, spec.vocab_size)
+        else:
+            tok = Tokenizer.train_char(raw)
+        enter("tokenizing")
+        ids = tok.encode(raw)
+        split = split_tokens(ids, val_fraction=spec.val_fraction)
+        info = {"corpus": spec.corpus, "corpus_chars": len(raw), "tokenizer": tok.kind, "vocab_size": tok.vocab_size,
+                "tokens": len(ids)}
+        trainer = Trainer(spec.model_config(tok.vocab_size), spec.train_config(), split, tok, out_dir=spec.out,
+                          on_event=on_event, resume_from=resume_dir, dist=dist, stop=stop,
+                          run_info={"data": info, "spec": spec.public(), "command": command or "core.train.run"})
+    except (ValueError, OSError) as e:
+        ev = {"kind": "failed", "step": 0, "time": time.time(), "reason": str(e), "stage": stage or "checking"}
+        emit(ev)
+        return ev
+    final = trainer.run()
+    if dist.enabled:
+        del trainer  # the DDP wrapper goes before the process group
+        teardown(dist)
+    return final
+
+
+if __name__ == "__main__":  # the flags and the printing live in core.cli
+    from .cli import main
+    raise SystemExit(main(run))

@@ -30,7 +30,7 @@ def train_client(train_app):
     return Client(train_app[0], verbose=False)
 
 
-def poll(client, until, job="", timeout=90.0) -> dict:
+def poll(client, until, job="", timeout=300.0) -> dict:
     t0 = time.monotonic()
     while True:
         st = client.predict(job=job, api_name="/train_status")
@@ -100,7 +100,7 @@ def test_browser_run_shows_the_curve_and_user_text_stays_text(train_app, page):
     page.get_by_role("button", name="Start training").click()
     status = page.locator("#train-status")
     expect(status).to_contain_text("browser-run", timeout=30_000)
-    expect(status).to_contain_text("done", timeout=90_000)
+    expect(status).to_contain_text("done", timeout=300_000)
     expect(status).to_contain_text("30 / 30")
     # the loss curve: a plotly line with points, and the ln(V) guess line's label
     loss = page.locator("#train-loss")
@@ -116,7 +116,7 @@ def test_browser_run_shows_the_curve_and_user_text_stays_text(train_app, page):
     page.get_by_label("Steps", exact=True).fill("45")
     page.get_by_role("button", name="Resume").click()
     expect(status).to_contain_text("45", timeout=30_000)
-    expect(status).to_contain_text("done", timeout=90_000)
+    expect(status).to_contain_text("done", timeout=300_000)
     expect(status).to_contain_text("45 / 45")
     expect(page.get_by_role("row", name=re.compile(r"^browser-run done 45 45 "))).to_be_visible()
     st = ctx.jobs.status("browser-run")
@@ -173,3 +173,32 @@ def test_status_text_escapes_names_and_reasons():
     assert "5 / 10" in md and "1:01" in md
     html = progress_html(st)
     assert 'width:50.0%' in html and 'aria-valuenow="5"' in html
+
+
+def test_status_says_the_prepare_stage_then_what_was_chosen():
+    from app.tabs.train import chosen_line, status_markdown
+
+    st = {"job": "r", "state": "running", "running": True, "reason": None, "step": 0, "total": 10, "loss": None,
+          "val_loss": None, "lr": None, "tokens_per_s": None, "elapsed": None, "eta": None, "settings": {},
+          "n_params": None, "vocab_size": None, "device": None, "dtype": None, "stage": "training BPE tokenizer"}
+    assert "Training BPE tokenizer…" in status_markdown(st)
+    started = {**st, "stage": None, "device": "cpu", "dtype": "bfloat16", "sdpa": "math"}
+    assert "Chosen: bfloat16 · attention kernel math" in status_markdown(started)
+    choices = {"summary": "fp32 · Muon (fp32 orthogonalisation) · <b>math</b> attention", "measured_at": 1000.0,
+               "cached": True}
+    line = chosen_line({**started, "choices": choices}, now=1042.0)
+    assert line.startswith("fp32 · Muon") and "<b>" not in line and "measured 42 s ago, from the cache" in line
+    assert "measured 5 min ago)" in chosen_line({**started, "choices": {**choices, "cached": False}}, now=1300.0)
+
+
+def test_the_sliders_read_their_ranges_from_the_server_limits(train_app):
+    """The page the server sends offers exactly the ranges /train_start accepts."""
+    import httpx
+
+    from core.spec import SERVER_LIMITS
+
+    config = httpx.get(f"{train_app[0]}config", timeout=30).json()
+    sliders = {c["props"].get("label"): c["props"] for c in config["components"] if c.get("type") == "slider"}
+    for label, key in (("Layers", "n_layer"), ("Heads", "n_head"), ("Width (n_embd)", "n_embd"),
+                       ("Block size (context)", "block_size"), ("BPE vocabulary size", "vocab_size")):
+        assert (sliders[label]["minimum"], sliders[label]["maximum"]) == SERVER_LIMITS[key], label

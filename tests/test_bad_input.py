@@ -465,9 +465,9 @@ def test_nan_infinity_and_strings_where_numbers_belong(env, api, body, match):
 
 def _start_args(corpus: str, text: str = "", file: str | None = None, **over):
     """The Train tab's `start` handler arguments, from the job manager's defaults."""
-    from app.jobs import TrainSettings
+    from app.jobs import FORM
 
-    d = {**TrainSettings().to_dict(), **over}
+    d = {**FORM, **over}
     return (corpus, text, file, d["tokenizer"], d["vocab_size"], "custom", d["n_layer"], d["n_head"], d["n_embd"],
             d["block_size"], d["steps"], d["batch_size"], d["lr"], d["warmup"], d["weight_decay"], d["dropout"],
             d["optimizer"], d["seed"], d["device"], d.get("name", ""))

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from app.jobs import JobBusy, JobManager, TrainSettings, check_name
+from app.jobs import FORM, JobBusy, JobManager, check_name, spec_from_form
 from core import checkpoint
 
 # a 1-layer, 32-dim model on the "arithmetic" corpus: a step takes milliseconds
@@ -19,7 +19,7 @@ TINY = dict(corpus="arithmetic", n_layer=1, n_head=2, n_embd=32, block_size=32, 
             eval_batches=2)
 
 
-def wait(jm: JobManager, name: str, until, timeout: float = 90.0) -> dict:
+def wait(jm: JobManager, name: str, until, timeout: float = 300.0) -> dict:
     t0 = time.monotonic()
     while True:
         st = jm.status(name)
@@ -54,17 +54,29 @@ def jm(tmp_path):
 ])
 def test_settings_are_validated_with_clear_messages(bad, message):
     with pytest.raises(ValueError, match=None) as e:
-        TrainSettings(**{**TINY, **bad}).validate()
+        spec_from_form({**TINY, **bad})
     assert message in str(e.value)
 
 
 def test_unknown_setting_and_names():
     with pytest.raises(ValueError, match="unknown training settings: colour"):
-        TrainSettings.from_dict({"colour": "red"})
+        spec_from_form({"colour": "red"})
     assert check_name("my-run_2") == "my-run_2"
     for bad in ("..", "a/b", "", "x" * 65, "a b", "ü", None, "/etc"):
         with pytest.raises(ValueError):
             check_name(bad)
+
+
+def test_the_form_becomes_a_run_spec_with_the_recipe():
+    from core.spec import RunSpec
+
+    spec = spec_from_form({**TINY, "steps": 300, "preset": "micro"})
+    d = RunSpec()
+    assert (spec.batch_size, spec.lr, spec.warmup, spec.optimizer) == (8, 1e-2, 5, d.optimizer)
+    assert (spec.n_layer, spec.n_head, spec.n_embd, spec.block_size, spec.preset) == (1, 2, 32, 32, "custom")
+    assert spec.eval_interval == spec.ckpt_interval == 30 and spec.log_interval == 1  # about ten per run
+    assert (FORM["lr"], FORM["weight_decay"], FORM["optimizer"]) == (d.lr, d.weight_decay, d.optimizer)
+    assert RunSpec.from_json(spec.to_json()) == spec
 
 
 def test_run_learns_writes_loadable_checkpoints_and_survives_restart(jm, tmp_path):
@@ -76,6 +88,13 @@ def test_run_learns_writes_loadable_checkpoints_and_survives_restart(jm, tmp_pat
     losses = [loss for _, loss in st["losses"]]
     assert len(losses) == 60
     assert sum(losses[-10:]) / 10 < sum(losses[:5]) / 5 - 0.1, losses  # it learned (batch noise is ~0.03)
+    events = [json.loads(line) for line in (tmp_path / "runs" / "learn" / "events.jsonl").read_text().splitlines()]
+    kinds = [e["kind"] for e in events]
+    stages = [e["stage"] for e in events[:kinds.index("start")]]  # said while it prepares
+    assert [s for s in stages if s != "probing CPU speed"] == ["reading corpus", "tokenizing", "building model"]
+    assert st["stage"] is None and st["dtype"] in ("float32", "bfloat16")
+    spec = json.loads((tmp_path / "runs" / "learn" / "run.json").read_text())  # what the child ran
+    assert spec["steps"] == 60 and spec["out"] == str(tmp_path / "runs" / "learn") and spec["threads"] == 1
     assert [e[0] for e in st["evals"]] == [20, 40, 60]
     assert st["evals"][-1][2] < st["evals"][0][2]  # val loss fell too
     assert st["sample"] and {"latest", "best"} <= set(st["checkpoints"])
@@ -172,3 +191,21 @@ def test_thread_backend_runs_and_stops(tmp_path):
     finally:
         jm.close()
         torch.set_num_threads(threads)
+
+
+def test_concurrent_downloads_of_one_run_never_share_a_half_written_zip(jm, tmp_path):
+    """Ten downloads at once (issue 20): each gets a whole, valid zip, and all ten are the same."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    jm.start({**TINY, "steps": 10, "name": "zipped"})
+    wait(jm, "zipped", lambda s: not s["running"])
+    with ThreadPoolExecutor(10) as pool:
+        paths = list(pool.map(lambda _: jm.zip_run("zipped", tmp_path / "zips"), range(10)))
+    blobs = []
+    for p in paths:
+        with zipfile.ZipFile(p) as zf:
+            assert zf.testzip() is None
+            assert "zipped/latest/model.safetensors" in zf.namelist()
+        blobs.append(Path(p).read_bytes())
+    assert len(set(blobs)) == 1 and all(Path(p).name == "zipped.zip" for p in paths)
+    assert not [f for f in (tmp_path / "zips").rglob("*.tmp")]  # no temporary file left behind

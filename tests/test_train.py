@@ -66,6 +66,19 @@ def test_stop_then_resume_is_bit_identical(setup, tmp_path, optimizer):
     assert [h["loss"] for h in full.history] == [h["loss"] for h in resumed.history]
 
 
+def test_a_probed_run_says_what_it_is_doing_before_the_first_step(setup, tmp_path):
+    """dtype=auto on CPU: `prepare` events name the probe and the model build before `start`
+    (the resumed path's bit-identity is tests/test_probe.py's)."""
+    mcfg, split, tok = setup
+    cfg = tcfg(steps=2, eval_interval=0, sample_tokens=0, dtype="auto", extra={"cache_dir": str(tmp_path / "c")})
+    events = []
+    Trainer(mcfg, cfg, split, tok, out_dir=tmp_path / "a", on_event=events.append).run()
+    kinds = [e["kind"] for e in events]
+    assert [e["stage"] for e in events if e["kind"] == "prepare"][:2] == ["probing CPU speed", "building model"]
+    assert kinds.index("start") > kinds.index("prepare")
+    assert "summary" in next(e for e in events if e["kind"] == "start")["choices"]
+
+
 def test_bf16_loss_stays_close_to_fp32(setup):
     mcfg, split, tok = setup
     runs = {d: Trainer(mcfg, tcfg(steps=25, eval_interval=0, sample_tokens=0, dtype=d), split, tok).run()
@@ -229,6 +242,86 @@ def test_cli_signal_stops_saves_latest_and_resumes(tmp_path, sig):
                                  cwd=ROOT, capture_output=True, text=True, timeout=300)
         assert resumed.returncode == 0, resumed.stderr
         evs = [json.loads(line) for line in resumed.stdout.splitlines()]
-        assert evs[0]["kind"] == "start" and evs[0]["resumed"] is True
+        starts = [e for e in evs if e["kind"] == "start"]
+        assert [e["kind"] for e in evs[:evs.index(starts[0])]] == ["prepare"] * 3  # corpus, tokens, model
+        assert len(starts) == 1 and starts[0]["resumed"] is True
         assert [e["step"] for e in evs if e["kind"] == "step"] == [stop_at + 1, stop_at + 2, stop_at + 3]
         assert evs[-1]["kind"] == "done"
+
+
+# --- one run spec: the flags and a spec file start the same run; resume is a field ---------
+
+TINY_FLAGS = ["--corpus", "arithmetic", "--preset", "micro", "--n-layer", "1", "--n-embd", "32", "--n-head", "2",
+              "--block-size", "32", "--steps", "12", "--batch-size", "4", "--warmup", "2", "--eval-interval", "6",
+              "--eval-batches", "2", "--sample-tokens", "8", "--log-interval", "1", "--dtype", "float32",
+              "--device", "cpu", "--threads", "1", "--json"]
+
+
+def _events(stdout: str) -> list[dict]:
+    return [json.loads(line) for line in stdout.splitlines()]
+
+
+def test_a_spec_file_runs_the_same_as_the_flags(tmp_path):
+    from core.cli import build_parser, spec_from_args
+    from core.spec import RunSpec
+
+    flags = subprocess.run([sys.executable, "-m", "core.train", *TINY_FLAGS, "--out", str(tmp_path / "flags")],
+                           cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert flags.returncode == 0, flags.stderr
+    spec = spec_from_args(build_parser().parse_args([*TINY_FLAGS, "--out", str(tmp_path / "spec")]))
+    assert (spec.corpus, spec.n_embd, spec.steps, spec.dtype, spec.lr) == ("arithmetic", 32, 12, "float32", 6e-3)
+    path = spec.save(tmp_path / "run.json")
+    assert RunSpec.load(path) == spec
+    from_file = subprocess.run([sys.executable, "-m", "core.train", "--spec", str(path), "--json"],
+                               cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert from_file.returncode == 0, from_file.stderr
+
+    a, b = _events(flags.stdout), _events(from_file.stdout)
+    assert [e["kind"] for e in a] == [e["kind"] for e in b]
+    assert [e["stage"] for e in a if e["kind"] == "prepare"] == ["reading corpus", "tokenizing", "building model"]
+    same = ("step", "loss", "lr", "grad_norm", "val_loss", "train_loss", "text", "name")
+    assert [{k: e.get(k) for k in same} for e in a] == [{k: e.get(k) for k in same} for e in b]
+    ca, cb = checkpoint.load(tmp_path / "flags" / "latest"), checkpoint.load(tmp_path / "spec" / "latest")
+    assert ca.config == cb.config and ca.meta["step"] == cb.meta["step"] == 12
+    sa, sb = ca.model.state_dict(), cb.model.state_dict()
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    assert cb.meta["spec"]["steps"] == 12 and cb.meta["command"].endswith(f"--spec {path} --json")
+
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({**spec.to_dict(), "colour": "red"}))
+    res = subprocess.run([sys.executable, "-m", "core.train", "--spec", str(bad), "--json"], cwd=ROOT,
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 2 and "unknown run spec keys: 'colour'" in _events(res.stdout)[-1]["reason"]
+    res = subprocess.run([sys.executable, "-m", "core.train", "--spec", str(path), "--steps", "5"], cwd=ROOT,
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 2 and "drop --steps" in res.stderr
+
+
+def test_resume_is_a_field_of_the_spec_and_continues_bit_identically(tmp_path):
+    import threading
+
+    from core.spec import RunSpec
+
+    base = RunSpec(corpus="arithmetic", preset="micro", n_layer=1, n_embd=32, n_head=2, block_size=32, dropout=0.1,
+                   steps=12, batch_size=4, warmup=2, eval_interval=4, eval_batches=2, sample_tokens=0, log_interval=1,
+                   dtype="float32", device="cpu", seed=3)
+    full_events: list[dict] = []
+    assert train_mod.run(base.replace(out=str(tmp_path / "a")), full_events.append)["kind"] == "done"
+
+    stop = threading.Event()
+    part = base.replace(out=str(tmp_path / "b"))
+    final = train_mod.run(part, lambda ev: stop.set() if ev.get("step") == 5 and ev["kind"] == "step" else None,
+                          stop)
+    assert final["kind"] == "stopped" and final["step"] == 5
+    resumed: list[dict] = []
+    assert train_mod.run(part.replace(resume=True), resumed.append)["kind"] == "done"
+    assert [e for e in resumed if e["kind"] == "start"][0]["resumed"] is True
+    assert [e["step"] for e in resumed if e["kind"] == "step"] == list(range(6, 13))
+
+    a, b = checkpoint.load(tmp_path / "a" / "latest"), checkpoint.load(tmp_path / "b" / "latest")
+    sa, sb = a.model.state_dict(), b.model.state_dict()
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    assert [h["loss"] for h in a.meta["history"]] == [h["loss"] for h in b.meta["history"]]
+
+    nothing = train_mod.run(base.replace(out=str(tmp_path / "none"), resume=True))
+    assert nothing["kind"] == "failed" and nothing["stage"] == "checking" and "no checkpoint" in nothing["reason"]

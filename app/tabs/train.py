@@ -17,18 +17,20 @@ from __future__ import annotations
 
 import math
 import tempfile
+import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import gradio as gr
 
 from app.figures import train as figures
-from app.jobs import LIMITS, MAX_PASTED_CHARS, TrainSettings
+from app.jobs import FORM, LIMITS, MAX_PASTED_CHARS
 from app.tabs import fmt_bytes, fmt_int, md_escape, user_errors
-from core.config import PRESETS
+from core.config import PRESETS, GPTConfig
 from core.data import CORPUS_DESCRIPTIONS
 
 TITLE = "Train"
-D = TrainSettings()
+D = SimpleNamespace(**FORM)  # the form's defaults (the recipe's numbers come from core.spec.RunSpec)
 UI_PRESETS = {k: PRESETS[k] for k in ("micro", "nano", "demo", "small")}
 # character vocabularies (distinct characters + <unk>) of the built-in corpora, for the estimate
 CHAR_VOCAB = {"shakespeare": 66, "induction": 16, "arithmetic": 14, "counting": 13, "patterns": 10}
@@ -53,8 +55,8 @@ def estimate(corpus: str, text: str, tokenizer: str, vocab_size: int, n_layer: i
     else:
         v, how = CHAR_VOCAB.get(corpus, 256), "characters" if corpus in CHAR_VOCAB else "characters, at most"
     try:
-        cfg = TrainSettings(tokenizer=tokenizer, vocab_size=int(vocab_size), n_layer=int(n_layer), n_head=int(n_head),
-                            n_embd=int(n_embd), block_size=int(block_size)).model_config(vocab_size=v)
+        cfg = GPTConfig(vocab_size=v, n_layer=int(n_layer), n_head=int(n_head), n_embd=int(n_embd),
+                        block_size=int(block_size))
     except (ValueError, TypeError) as e:
         return f"⚠️ {md_escape(e)}"
     return (f"**≈ {fmt_int(cfg.n_params())} parameters** ({fmt_int(cfg.n_params(include_embeddings=False))} "
@@ -82,9 +84,36 @@ def status_markdown(st: dict | None) -> str:
              f"{s.get('n_layer')} layers × {s.get('n_head')} heads × {s.get('n_embd')} dims" if s else None,
              f"{md_escape(s.get('corpus'))}, {md_escape(s.get('tokenizer'))} tokenizer" if s else None,
              f"vocabulary {fmt_int(st['vocab_size'])}" if st.get("vocab_size") else None,
-             f"on {md_escape(st['device'])} ({md_escape(st.get('dtype'))})" if st.get("device") else None]
-    parts.append(" · ".join(f for f in facts if f))
+             f"on {md_escape(st['device'])}" if st.get("device") else None]
+    if any(facts):
+        parts.append(" · ".join(f for f in facts if f))
+    if st.get("stage"):  # preparing: say what it is doing until the first step
+        stage = md_escape(st["stage"])
+        parts.append(f"⏳ {stage[:1].upper()}{stage[1:]}…")
+    elif st.get("device"):
+        parts.append(f"Chosen: {chosen_line(st)}")
     return "\n\n".join(parts)
+
+
+def _ago(seconds: float) -> str:
+    s = max(0, int(seconds))
+    for unit, size in (("days", 86400), ("h", 3600), ("min", 60)):
+        if s >= 2 * size:
+            return f"{s // size} {unit}"
+    return f"{s} s"
+
+
+def chosen_line(st: dict, now: float | None = None) -> str:
+    """One line of the compute path the run took: the start event's `choices` summary and when it
+    was measured, or else its dtype and attention kernel."""
+    c = st.get("choices") if isinstance(st.get("choices"), dict) else {}
+    if c.get("summary"):
+        line = md_escape(c["summary"])
+        if isinstance(c.get("measured_at"), (int, float)):
+            line += f" (measured {_ago((now or time.time()) - c['measured_at'])} ago"
+            line += ", from the cache)" if c.get("cached") else ")"
+        return line
+    return f"{md_escape(st.get('dtype'))} · attention kernel {md_escape(st.get('sdpa') or 'auto')}"
 
 
 def progress_html(st: dict | None) -> str:
@@ -115,14 +144,11 @@ def build(ctx, model_picker: gr.Dropdown) -> None:
 
     def settings_from(corpus, text, tokenizer, vocab_size, preset, n_layer, n_head, n_embd, block_size, steps,
                       batch_size, lr, warmup, weight_decay, dropout, optimizer, seed, device, name, **extra):
-        nums = dict(vocab_size=vocab_size, n_layer=n_layer, n_head=n_head, n_embd=n_embd, block_size=block_size,
+        """The form's values by name: the job manager makes them a RunSpec (`app.jobs.form`)."""
+        return dict(corpus=corpus, text=text or "", tokenizer=tokenizer, vocab_size=vocab_size,
+                    preset=preset or "custom", n_layer=n_layer, n_head=n_head, n_embd=n_embd, block_size=block_size,
                     steps=steps, batch_size=batch_size, lr=lr, warmup=warmup, weight_decay=weight_decay,
-                    dropout=dropout, seed=seed, **extra)
-        for k, v in nums.items():
-            if v is None:
-                raise ValueError(f"{k} is empty: type a number")
-        return TrainSettings(corpus=corpus, text=text or "", tokenizer=tokenizer, preset=preset or "custom",
-                             optimizer=optimizer, device=device, name=(name or "").strip(), **nums)
+                    dropout=dropout, optimizer=optimizer, seed=seed, device=device, name=name or "", **extra)
 
     # ---- API -------------------------------------------------------------------------------
     def train_start(corpus: str = D.corpus, text: str = "", tokenizer: str = D.tokenizer,
@@ -175,28 +201,33 @@ def build(ctx, model_picker: gr.Dropdown) -> None:
                     n_layer = gr.Slider(*lim["n_layer"], value=D.n_layer, step=1, label="Layers", min_width=150)
                     n_head = gr.Slider(*lim["n_head"], value=D.n_head, step=1, label="Heads", min_width=150)
                 with gr.Row():
-                    n_embd = gr.Slider(16, 768, value=D.n_embd, step=8, label="Width (n_embd)", min_width=150)
-                    block = gr.Slider(8, 512, value=D.block_size, step=8, label="Block size (context)", min_width=150)
+                    n_embd = gr.Slider(*lim["n_embd"], value=D.n_embd, step=8, label="Width (n_embd)", min_width=150)
+                    block = gr.Slider(*lim["block_size"], value=D.block_size, step=8, label="Block size (context)",
+                                      min_width=150)
                 est = gr.Markdown(estimate(D.corpus, "", D.tokenizer, D.vocab_size, D.n_layer, D.n_head, D.n_embd,
                                            D.block_size, D.batch_size))
             with gr.Accordion("Training", open=True):
                 with gr.Row():
-                    steps = gr.Number(D.steps, label="Steps", precision=0, minimum=1, maximum=lim["steps"][1],
+                    steps = gr.Number(D.steps, label="Steps", precision=0, minimum=lim["steps"][0],
+                                      maximum=lim["steps"][1],
                                       min_width=90)
-                    batch = gr.Number(D.batch_size, label="Batch size", precision=0, minimum=1,
+                    batch = gr.Number(D.batch_size, label="Batch size", precision=0, minimum=lim["batch_size"][0],
                                       maximum=lim["batch_size"][1], min_width=90)
                     lr = gr.Number(D.lr, label="Learning rate", minimum=lim["lr"][0], maximum=lim["lr"][1],
                                    min_width=90)
                 with gr.Row():
-                    warmup = gr.Number(D.warmup, label="Warmup steps", precision=0, minimum=0, min_width=90)
-                    wd = gr.Number(D.weight_decay, label="Weight decay", minimum=0, maximum=1, min_width=90)
-                    dropout = gr.Number(D.dropout, label="Dropout", minimum=0, maximum=0.9, step=0.05, min_width=90)
+                    warmup = gr.Number(D.warmup, label="Warmup steps", precision=0, minimum=0,
+                                       maximum=lim["warmup"][1], min_width=90)
+                    wd = gr.Number(D.weight_decay, label="Weight decay", minimum=lim["weight_decay"][0],
+                                   maximum=lim["weight_decay"][1], min_width=90)
+                    dropout = gr.Number(D.dropout, label="Dropout", minimum=lim["dropout"][0],
+                                        maximum=lim["dropout"][1], step=0.05, min_width=90)
                 with gr.Row():
                     optimizer = gr.Radio([("AdamW", "adamw"), ("Muon + AdamW", "muon")], value=D.optimizer,
                                          label="Optimizer")
                     device = gr.Radio(["auto", "cpu", "cuda"], value=D.device, label="Device")
                 with gr.Row():
-                    seed = gr.Number(D.seed, label="Seed", precision=0, minimum=0)
+                    seed = gr.Number(D.seed, label="Seed", precision=0, minimum=0, maximum=lim["seed"][1])
                     name = gr.Textbox(label="Run name (optional)", max_length=64, max_lines=1,
                                       placeholder="letters, digits, - and _")
             with gr.Row():
