@@ -15,6 +15,7 @@ import os
 
 import gradio as gr
 
+from app import sessions, validate
 from app.context import AppContext
 from app.tabs import md_escape
 
@@ -76,6 +77,8 @@ def build_app(ctx: AppContext) -> gr.Blocks:
         refresh_btn.click(refresh, picker, [picker, notice], api_visibility="private")
         demo.load(refresh, picker, [picker, notice], api_visibility="private")
         gr.api(models, api_name="models")
+    validate.install(demo)  # a caller's missing inputs reach the boundary's checks
+    sessions.keep_small(demo)
     demo.queue(**queue_settings())
     return demo
 

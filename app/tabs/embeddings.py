@@ -27,6 +27,7 @@ import torch
 
 from app.figures import embeddings as figs
 from app.tabs import fmt_int, md_escape, user_errors
+from app.validate import boundary
 from core import checkpoint
 from core.inspect import embeddings as emb
 
@@ -298,8 +299,10 @@ def build(ctx, model_picker: gr.Dropdown) -> None:
     # ---- events ---------------------------------------------------------------------
     heavy = dict(concurrency_limit=2, concurrency_id="embeddings")
     private = dict(api_visibility="private", **heavy)
-    gr.on([model_picker.change, dims.change, search.submit, show_btn.click], show_vocab,
-          [model_picker, dims, search], [vocab_plot, vocab_md, csv_file], api_name="embeddings", **heavy)
+    gr.on([model_picker.change, dims.change, search.submit, show_btn.click],
+          boundary(ctx)("embeddings", show_vocab),
+          [model_picker, dims, search], [vocab_plot, vocab_md, csv_file], api_name="embeddings", preprocess=False,
+          **heavy)
     gr.on([nn_btn.click, expr.submit], neighbours, [model_picker, expr, k_slider], [nn_df, nn_md], **private)
     gr.on([model_picker.change, dims.change], positional, [model_picker, dims], [pos_heat, pos_curve], **private)
     gr.on([model_picker.change, ctx_btn.click, text.submit, layer.release], contextual, [model_picker, text, layer],

@@ -23,6 +23,7 @@ import gradio as gr
 from app.catalog import hub_offline
 from app.figures import tokens as figures
 from app.tabs import md_escape, user_errors
+from app.validate import boundary
 from core import data
 from core.inspect import tokens as T
 from core.tokenizer import MIN_BPE_VOCAB_SIZE, Tokenizer
@@ -268,9 +269,10 @@ def build(ctx, model_picker: gr.Dropdown) -> None:
         # config and API schema on every keystroke; the counts are in the table above the rows
         return (d, d, *shown, *(v for v, _ in rows))
 
-    gr.on([text.change, model_picker.change, colour.change, lab_state.change], tokenize,
+    gr.on([text.change, model_picker.change, colour.change, lab_state.change], boundary(ctx)("tokenize", tokenize),
           [model_picker, text, colour, lab_state], [data_json, data_state, spans, counts, ids, compare, *cmp_rows],
-          api_name="tokenize", trigger_mode="always_last", concurrency_limit=4, concurrency_id="tokenize")
+          api_name="tokenize", preprocess=False, trigger_mode="always_last", concurrency_limit=4,
+          concurrency_id="tokenize")
 
     @user_errors
     def fetch_gpt2(key, txt, colour_by, lab):
