@@ -247,3 +247,32 @@ def test_the_server_still_serves_after_all_of_it(env):
     still_answers(env)
     keys = [m["key"] for m in env.client.predict(api_name="/models")]
     assert K in keys
+
+
+def test_csv_exports_at_the_same_time_never_collide(tmp_path):
+    """Many threads export at once: each gets its own complete file, and pruning the old ones
+    while others list and delete them never fails."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from app.tabs.embeddings import KEEP_EXPORTS, EmbeddingCache
+
+    cache = EmbeddingCache()
+    rows = [[i, f"t{i}", "letters", 0.5, 0.25, 0.125] for i in range(200)]
+
+    def export(n: int) -> tuple[str, str]:
+        path = cache.export(f"e{n}.csv", ["id", "token", "class", "pc1", "pc2", "pc3"], rows)
+        return path, open(path, encoding="utf-8").read()  # read at once: pruning keeps the newest
+
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(export, range(400)))
+    paths = [p for p, _ in results]
+    assert len(set(paths)) == len(paths)  # a folder of its own each time
+    assert all(text.count("\n") == len(rows) + 1 for _, text in results)
+    assert len(list(cache.export_dir.iterdir())) <= KEEP_EXPORTS
+
+
+def test_concurrent_embeddings_calls_all_answer(env):
+    """/embeddings from four clients at once, many times: every call answers with its CSV."""
+    kinds = run_all(env, "/embeddings", [[K, "2D" if i % 2 else "3D", "e"] for i in range(24)])
+    assert all(kind == "ok" for kind, _ in kinds), [out for kind, out in kinds if kind != "ok"][:3]
+    assert all(".csv" in json.dumps(out[2]) for _, out in kinds)
