@@ -33,6 +33,7 @@ Thread-safe: one lock guards the job table, one per job guards its event log.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import dataclasses
 import importlib.util
 import json
@@ -52,6 +53,7 @@ from typing import Any
 
 from core import checkpoint
 from core.config import PRESETS, GPTConfig
+from app.validate import crash_line
 from core.data import CORPUS_CHOICES, read_text_file, validate_text
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -425,20 +427,30 @@ class JobManager:
 
     def _follow_process(self, job: Job, proc: subprocess.Popen) -> None:
         assert proc.stdout is not None
-        with open(job.run_dir / EVENTS_FILE, "a", encoding="utf-8") as log:
-            for raw in proc.stdout:
-                line = raw.decode("utf-8", "replace").strip()
-                if not line.startswith("{"):
-                    continue
+        try:
+            log = open(job.run_dir / EVENTS_FILE, "a", encoding="utf-8")
+        except OSError:  # a full or read-only disk: the page still follows the run from memory
+            log = None
+        for raw in proc.stdout:
+            line = raw.decode("utf-8", "replace").strip()
+            if not line.startswith("{"):
+                continue
+            try:
+                ev = json.loads(line)
+            except ValueError:
+                continue
+            if not isinstance(ev, dict) or "kind" not in ev:
+                continue
+            if log is not None:
                 try:
-                    ev = json.loads(line)
-                except ValueError:
-                    continue
-                if not isinstance(ev, dict) or "kind" not in ev:
-                    continue
-                log.write(json.dumps(ev) + "\n")
-                log.flush()
-                self._on_event(job, ev)
+                    log.write(json.dumps(ev) + "\n")
+                    log.flush()
+                except OSError:
+                    pass
+            self._on_event(job, ev)
+        if log is not None:
+            with contextlib.suppress(OSError):
+                log.close()
         proc.stdout.close()
         rc = proc.wait()
         self._finish(job, rc)
@@ -524,7 +536,7 @@ class JobManager:
                 except OSError:
                     pass
                 job.reason = job.reason or (f"the training process ended (exit code {rc}) without a final report"
-                                            + (f": {tail}" if tail else ""))
+                                            + (f": {crash_line(tail)}" if tail else ""))
                 job.finished = time.time()
             record = job.record()
         try:

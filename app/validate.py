@@ -438,3 +438,11 @@ def install(demo) -> None:
         return original(block_fn, inputs)
 
     demo.validate_inputs = validate_inputs
+
+
+def crash_line(stderr_tail: str) -> str:
+    """A crashed process's last words for a visitor: the exception's line of its traceback, with
+    any path cut out (the traceback itself names the server's files)."""
+    lines = [ln.strip() for ln in stderr_tail.splitlines() if ln.strip()]
+    line = lines[-1] if lines else ""
+    return clean_message(line)[:200]
