@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 import shutil
 import time
@@ -276,3 +277,61 @@ def test_concurrent_embeddings_calls_all_answer(env):
     kinds = run_all(env, "/embeddings", [[K, "2D" if i % 2 else "3D", "e"] for i in range(24)])
     assert all(kind == "ok" for kind, _ in kinds), [out for kind, out in kinds if kind != "ok"][:3]
     assert all(".csv" in json.dumps(out[2]) for _, out in kinds)
+
+
+def rss_mb() -> float:
+    import ctypes
+    import gc
+
+    gc.collect()
+    ctypes.CDLL("libc.so.6").malloc_trim(0)  # hand freed memory back, so RSS counts what is kept
+    return int(open("/proc/self/statm").read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def test_per_session_memory_stays_small_whatever_the_input(env):
+    """Five new sessions each tokenize 20,000 emoji (71k+ tokens): each keeps only what a later
+    click needs. (Before: every session kept its whole answer twice, ~90 MB of RSS each.)"""
+    import pickle
+
+    from gradio_client import Client
+
+    emoji = "👍" * 20_000
+    env.client.predict(K, emoji, "tokens", api_name="/tokenize")  # warm-up: caches, allocator arenas
+    before = rss_mb()
+    hashes = []
+    for _ in range(5):
+        c = Client(env.url, verbose=False, download_files=False)
+        d, *rest = c.predict(K, emoji, "tokens", api_name="/tokenize")
+        assert d["counts"]["chars"] == 20_000
+        hashes.append(c.session_hash)
+        del d, rest, c
+    growth = rss_mb() - before
+    from gradio.state_holder import SessionState
+
+    fresh = sum(len(repr(c)) for c in SessionState(env.demo).config_values.values())  # the page's defaults
+    holder = env.demo.state_holder
+    for h in hashes:
+        session = holder.session_data[h]
+        kept = len(pickle.dumps(session.state_data))
+        assert kept < 1_000_000, f"a session keeps {kept:,} bytes of state"
+        copies = sum(len(repr(c)) for c in session.config_values.values())
+        assert copies < fresh + 50_000, f"a session keeps {copies - fresh:,} characters of component values"
+    # in-process RSS also counts the five clients (gradio_client keeps each answer), so the bound is loose;
+    # the checks above pin what the server keeps
+    assert growth < 250, f"RSS grew {growth:.0f} MB over 5 sessions"
+
+
+def test_a_click_record_shows_what_the_whole_answer_shows(env):
+    import pickle
+
+    from app.sessions import click_record
+    from app.tabs import tokens as tab
+
+    d, *_ = env.client.predict(K, "Hi 👍🏽 日本語 and more", "surprise", api_name="/tokenize")
+    rec = click_record(d, tab.MAX_SHOWN)
+    for g in range(len(d["groups"])):
+        assert tab.details(rec, g) == tab.details(d, g)
+    big, *_ = env.client.predict(K, "👍" * 20_000, "tokens", api_name="/tokenize")
+    rec = click_record(big, tab.MAX_SHOWN)
+    assert len(rec["groups"]) == tab.MAX_SHOWN and len(pickle.dumps(rec)) < 500_000
+    assert tab.details(rec, 0) == tab.details(big, 0) and tab.details(rec, tab.MAX_SHOWN)[1] == []
