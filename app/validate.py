@@ -233,8 +233,8 @@ def decode_columns(value: Any) -> list[dict]:
         if unknown:
             names = ", ".join(shown(k, 30) for k in unknown[:3]) + (" …" if len(unknown) > 3 else "")
             raise ValueError(f"column {i}: unknown setting(s) {names}; known: {', '.join(SETTINGS)}")
-        if col.get("kind") is not None:
-            col["kind"] = choice(f"column {i}: method", col["kind"], D.METHODS)
+        if col.get("kind") is not None and (not isinstance(col["kind"], str) or col["kind"] not in D.METHODS):
+            raise ValueError(f"column {i}: unknown method {shown(col['kind'])}; choose one of: {', '.join(D.METHODS)}")
         for name in SETTINGS[1:]:
             if col.get(name) is not None:
                 col[name] = number(name, col[name])

@@ -377,7 +377,7 @@ NUMBER_CASES = [
     ("/decode", (K, "hi", GREEDY, "many", 0, False), r"max_new_tokens.*'many'"),
     ("/decode", (K, "hi", [], 4, 0, False), r"give between 1 and 4 columns \(got 0\)"),
     ("/decode", (K, "hi", GREEDY * 5, 4, 0, False), r"give between 1 and 4 columns \(got 5\)"),
-    ("/decode", (K, "hi", [{"kind": "bogus"}], 4, 0, False), r"column 1: method 'bogus' is not one of: greedy, sample"),
+    ("/decode", (K, "hi", [{"kind": "bogus"}], 4, 0, False), r"column 1: unknown method 'bogus'; choose one of: greedy, sample"),
     ("/decode", (K, "hi", [{"kind": "sample", "temperature": -1}], 4, 0, False),
      r"temperature=-1 is out of range: it must be between 0 and 100"),
     ("/decode", (K, "hi", [{"kind": "top_k", "top_k": -5}], 4, 0, False), r"top_k=-5 is out of range: it must be between 1 and 1000000"),
