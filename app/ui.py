@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 
 import gradio as gr
 
+from app import sessions, validate
 from app.tabs import md_escape, session_of
 
 if TYPE_CHECKING:
@@ -102,6 +103,8 @@ def build_app(ctx: AppContext) -> gr.Blocks:
         refresh_btn.click(refresh, picker, [picker, notice], api_visibility="private")
         demo.load(refresh, picker, [picker, notice], api_visibility="private")
         gr.api(models, api_name="models")
+    validate.install(demo)  # a caller's missing inputs reach the boundary's checks
+    sessions.keep_small(demo)
     demo.queue(**queue_settings())
     return demo
 

@@ -16,7 +16,7 @@ import math
 from collections import deque
 from dataclasses import asdict, dataclass, field, fields
 
-from .beam import BeamSearch
+from .beam import MAX_BEAMS, BeamSearch
 from .generate import Sampling, Step, check_top, decode_rows, steps
 from .model import GPT
 
@@ -89,8 +89,8 @@ class Method:
         if self.kind not in METHODS:
             raise ValueError(f"unknown method {self.kind!r}; choose one of: {', '.join(METHODS)}")
         self.sampling()  # validates the numbers (raises ValueError naming the bad one)
-        if not 1 <= int(self.num_beams) <= 16:
-            raise ValueError(f"num_beams={self.num_beams} must be between 1 and 16")
+        if not 1 <= int(self.num_beams) <= MAX_BEAMS:
+            raise ValueError(f"num_beams={self.num_beams} must be between 1 and {MAX_BEAMS}")
         if not -10.0 <= self.length_penalty <= 10.0:
             raise ValueError(f"length_penalty={self.length_penalty} must be in [-10, 10]")
 

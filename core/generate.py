@@ -26,6 +26,9 @@ import torch.nn.functional as F
 from .model import GPT
 
 LN2 = math.log(2.0)
+# Logits are kept within this bound (finite in float32, far beyond any model's logits), so a
+# tiny repetition penalty or temperature cannot overflow them to infinity (softmax: NaN).
+LOGIT_LIMIT = 1e30
 
 
 @dataclass(frozen=True)
@@ -69,7 +72,9 @@ class Sampling:
 
 
 def _temperature(logits: torch.Tensor, s: Sampling) -> torch.Tensor | None:
-    return None if s.temperature == 1.0 else logits / max(s.temperature, 1e-8)
+    if s.temperature == 1.0:
+        return None
+    return (logits / max(s.temperature, 1e-8)).clamp(-LOGIT_LIMIT, LOGIT_LIMIT)
 
 
 def _top_k(logits: torch.Tensor, s: Sampling) -> torch.Tensor | None:
@@ -84,8 +89,10 @@ def _top_p(logits: torch.Tensor, s: Sampling) -> torch.Tensor | None:
         return None
     sorted_logits, order = torch.sort(logits, descending=True, dim=-1)
     probs = torch.softmax(sorted_logits, dim=-1)
-    # keep the smallest prefix whose mass reaches top_p (the token that crosses is kept)
+    # keep the smallest prefix whose mass reaches top_p (the token that crosses is kept); the most
+    # likely token always stays, however small top_p (1e-300 is 0 in float32: it would cut them all)
     cut = (probs.cumsum(dim=-1) - probs) >= s.top_p
+    cut[..., 0] = False
     sorted_logits = sorted_logits.masked_fill(cut, float("-inf"))
     return torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
 
@@ -107,7 +114,7 @@ def apply_repetition_penalty(logits: torch.Tensor, seen: torch.Tensor, penalty: 
     """(…, V) logits; `seen` a (…, V) bool mask of tokens already in the text."""
     if penalty == 1.0:
         return logits
-    penalised = torch.where(logits > 0, logits / penalty, logits * penalty)
+    penalised = torch.where(logits > 0, logits / penalty, logits * penalty).clamp(-LOGIT_LIMIT, LOGIT_LIMIT)
     return torch.where(seen, penalised, logits)
 
 

@@ -12,7 +12,8 @@ and its child process (`python -m core.train --spec run.json --json`) all call. 
 live in `core.cli`; this module's `__main__` hands it `run`.
 
 Failures end the run with a `failed` event and a reason (non-finite loss or gradient, out
-of memory, bad data); `latest/` then still holds the last good checkpoint.
+of memory, bad data, a disk that is full or read-only: said in words, without paths);
+`latest/` then still holds the last good checkpoint.
 
 The trainer never prints: it calls `on_event(event)` with a dict whose `kind` is one of
 prepare (with a `stage`, before the start) / start / step / eval / sample / checkpoint /
@@ -24,7 +25,10 @@ show. Does not own: corpora and batches
 from __future__ import annotations
 
 import contextlib
+import errno
 import math
+import os
+import re
 import threading
 import time
 from pathlib import Path
@@ -49,6 +53,28 @@ from .spec import RunSpec
 from .tokenizer import Tokenizer
 
 EventSink = Callable[[dict], None]
+
+# A failed write, in words a visitor understands (no path: the reason is shown to everyone).
+DISK_WORDS = {errno.ENOSPC: "no space left on device", errno.EDQUOT: "the disk quota is used up",
+              errno.EROFS: "the output folder is on a read-only file system",
+              errno.EACCES: "no permission to write to the output folder",
+              errno.EPERM: "no permission to write to the output folder"}
+_OS_ERROR = re.compile(r"(?:os error|code:)\s*(\d+)")  # safetensors' and tokenizers' (Rust) IO errors
+
+
+def disk_error(e: BaseException) -> str | None:
+    """What went wrong with a write, in words (None when `e` is not a failed write)."""
+    code = getattr(e, "errno", None) if isinstance(e, OSError) else None
+    if code is None:
+        m = _OS_ERROR.search(str(e))
+        code = int(m.group(1)) if m else None
+    if code is None:
+        return None
+    return DISK_WORDS.get(code, f"the disk refused a write ({os.strerror(code).lower()})")
+
+
+class SaveFailed(Exception):
+    """A checkpoint could not be written; the message says why and which step, without paths."""
 
 # Glassbox's CPU recipe for small char/BPE models (bench/train_cpu.py compares it with
 # nanoGPT's): TrainConfig overrides, and model overrides on top of a preset. Tuned on Tiny
@@ -247,7 +273,13 @@ class Trainer:
                           "placement": {"device": self.device.type, "dtype": self.place.dtype_name,
                                         "sdpa": self.place.sdpa, "ortho": self.choices["ortho"]},
                           "best_val": None if math.isinf(self.best_val) else self.best_val}
-        path = ckpt.save(self.out_dir / name, self.raw_model, self.tokenizer, self._meta(), state, state_meta)
+        try:
+            path = ckpt.save(self.out_dir / name, self.raw_model, self.tokenizer, self._meta(), state, state_meta)
+        except Exception as e:  # safetensors and tokenizers raise their own types for an OSError
+            words = disk_error(e)
+            if words is None:
+                raise
+            raise SaveFailed(f"{words} while saving step {self.step} ({name}/)") from None
         self._emit("checkpoint", path=str(path), name=name)
         return path
 
@@ -316,11 +348,17 @@ class Trainer:
             return self._final("failed", reason="out of memory while building the model: use a smaller model")
         except (ValueError, RuntimeError) as e:
             return self._final("failed", reason=f"could not start: {e}")
+        try:
+            self._check_out_dir()
+        except OSError as e:
+            words = disk_error(e) or "the output folder cannot be written"
+            return self._final("failed", reason=f"could not start: {words}")
         cfg = self.cfg
         self.raw_model.train()
         t_start = time.perf_counter()
         steps_timed, time_in_steps = 0, 0.0
         last_good = str(self.resume_from) if self.resume_from is not None else None
+        good_step = self.step if self.resume_from is not None else None  # of the last `latest/` saved
         try:
             while self.step < cfg.steps:
                 if self._should_stop():
@@ -364,9 +402,13 @@ class Trainer:
                     self._emit("sample", text=self.sample())
                 if (cfg.ckpt_interval and self.step % cfg.ckpt_interval == 0) or is_last:
                     path = self.save("latest")
-                    last_good = str(path) if path else last_good
+                    last_good, good_step = (str(path), self.step) if path else (last_good, good_step)
             extra = {"replicas_identical": self._replicas_identical()} if self.dist.enabled else {}
             return self._final("done", path=str(self.out_dir / "latest") if self.out_dir else None, **extra)
+        except SaveFailed as e:
+            kept = (f"the last good checkpoint is step {good_step} (latest/)" if good_step is not None
+                    else "no checkpoint was saved before")
+            return self._final("failed", reason=f"{e}; {kept}", last_checkpoint=last_good)
         except torch.OutOfMemoryError:
             return self._final("failed", reason=f"out of memory at step {self.step}: use a smaller batch, block "
                                "size or model", last_checkpoint=last_good)
@@ -377,6 +419,15 @@ class Trainer:
             return self._final("failed", reason=f"error at step {self.step}: {e}", last_checkpoint=last_good)
         except (ValueError, IndexError) as e:
             return self._final("failed", reason=f"bad data at step {self.step}: {e}", last_checkpoint=last_good)
+
+    def _check_out_dir(self) -> None:
+        """Fail at the start, not at the first checkpoint, when the output folder cannot be written."""
+        if self.out_dir is None or not self.dist.main:
+            return
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        probe = self.out_dir / f".write-test-{os.getpid()}"
+        probe.write_bytes(b"ok")
+        probe.unlink()
 
     def _final(self, kind: str, **data) -> dict:
         ev = {"kind": kind, "step": self.step, "best_val": None if math.isinf(self.best_val) else self.best_val, **data}

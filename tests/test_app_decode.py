@@ -48,7 +48,7 @@ def test_decode_endpoint_errors_and_caps(client, key):
            ([{"kind": "greedy"}] * 5, 5, "x", "between 1 and 4 columns"),
            ([{"kind": "greedy"}], tab.MAX_NEW_TOKENS + 1, "x", "max_new_tokens"),
            ([{"kind": "greedy"}], 5, "x" * (tab.MAX_PROMPT_CHARS + 1), "limit is"),
-           ([{"kind": "beam", "num_beams": 9}], 5, "x", "num_beams"),
+           ([{"kind": "beam", "num_beams": tab.MAX_BEAMS + 1}], 5, "x", "num_beams"),
            ([{"kind": "top_p", "top_p": 2}], 5, "x", "top_p")]
     for cols, n, prompt, msg in bad:
         with pytest.raises(AppError, match=msg):

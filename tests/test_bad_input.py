@@ -269,8 +269,8 @@ def test_bad_uploads_through_the_model_tab_in_chromium(env, page, tmp_path, tiny
 
 def test_a_million_characters_is_refused_by_every_text_endpoint(env):
     big = "x" * 1_000_000
-    app_error(env, r"text has 1,000,000 characters, over the limit of 20,000", K, big, "tokens", api="/tokenize")
-    app_error(env, r"the search is 1000000 characters; at most 100 are accepted", K, "2D", big, api="/embeddings")
+    app_error(env, r"text is 1,000,000 characters; the limit is 20,000", K, big, "tokens", api="/tokenize")
+    app_error(env, r"the search is 1,000,000 characters; the limit is 100", K, "2D", big, api="/embeddings")
     app_error(env, r"text is 1,000,000 characters; the limit is 50,000", K, big, *ATTN_REST, api="/attention")
     app_error(env, r"the prompt has 1,000,000 characters; the limit is 2,000", K, big, GREEDY, 4, 0, False,
               api="/decode")
@@ -362,27 +362,29 @@ def test_text_longer_than_the_block_size(env):
 
 NUMBER_CASES = [
     ("/attention", (K, HI, -1, 0, -1, "grid", "head_mean", "none"),
-     r"layer -1 is out of range: this model has layers 0\.\.1"),
+     r"layer=-1 is out of range: it must be between 0 and 255"),
     ("/attention", (K, HI, 0, 10**12, -1, "grid", "head_mean", "none"),
-     r"head 1000000000000 is out of range: this model has heads 0\.\.3"),
-    ("/attention", (K, HI, "two", 0, -1, "grid", "head_mean", "none"), r"layer must be an integer, got 'two'"),
-    ("/attention", (K, HI, 0.5, 0, -1, "grid", "head_mean", "none"), r"layer must be an integer, got 0\.5"),
-    ("/attention", (K, HI, 0, 0, 10**30, "grid", "head_mean", "none"), r"query position 1+0+ is out of range"),
-    ("/attention", (K, HI, 0, 0, "last", "grid", "head_mean", "none"), r"query must be an integer, got 'last'"),
-    ("/attention", (K, HI, 0, 0, -1, "huge", "head_mean", "none"), r"not in the list of choices"),
-    ("/attention", (K, HI, 0, 0, -1, "grid", "head_mean", "bogus"), r"not in the list of choices"),
-    ("/decode", (K, "hi", GREEDY, 0, 0, False), r"max_new_tokens=0 must be between 1 and 256"),
-    ("/decode", (K, "hi", GREEDY, 10**9, 0, False), r"max_new_tokens=1000000000 must be between 1 and 256"),
+     r"head=1000000000000 is out of range: it must be between 0 and 255"),
+    ("/attention", (K, HI, 0, 7, -1, "grid", "head_mean", "none"),
+     r"head 7 is out of range: this model has heads 0\.\.3"),  # within any model's range: this model's
+    ("/attention", (K, HI, "two", 0, -1, "grid", "head_mean", "none"), r"layer must be a number, got 'two'"),
+    ("/attention", (K, HI, 0.5, 0, -1, "grid", "head_mean", "none"), r"layer must be a whole number, got 0\.5"),
+    ("/attention", (K, HI, 0, 0, 10**30, "grid", "head_mean", "none"), r"query=1+0+… is out of range: it must be between"),
+    ("/attention", (K, HI, 0, 0, "last", "grid", "head_mean", "none"), r"query must be a number, got 'last'"),
+    ("/attention", (K, HI, 0, 0, -1, "huge", "head_mean", "none"), r"view 'huge' is not one of: grid, head"),
+    ("/attention", (K, HI, 0, 0, -1, "grid", "head_mean", "bogus"), r"color_by 'bogus' is not one of: none, "),
+    ("/decode", (K, "hi", GREEDY, 0, 0, False), r"max_new_tokens=0 is out of range: it must be between 1 and 256"),
+    ("/decode", (K, "hi", GREEDY, 10**9, 0, False), r"max_new_tokens=1000000000 is out of range: it must be between 1 and 256"),
     ("/decode", (K, "hi", GREEDY, "many", 0, False), r"max_new_tokens.*'many'"),
     ("/decode", (K, "hi", [], 4, 0, False), r"give between 1 and 4 columns \(got 0\)"),
     ("/decode", (K, "hi", GREEDY * 5, 4, 0, False), r"give between 1 and 4 columns \(got 5\)"),
-    ("/decode", (K, "hi", [{"kind": "bogus"}], 4, 0, False), r"unknown method 'bogus'"),
+    ("/decode", (K, "hi", [{"kind": "bogus"}], 4, 0, False), r"column 1: unknown method 'bogus'; choose one of: greedy, sample"),
     ("/decode", (K, "hi", [{"kind": "sample", "temperature": -1}], 4, 0, False),
-     r"temperature=-1 must be in \[0, 100\]"),
-    ("/decode", (K, "hi", [{"kind": "top_k", "top_k": -5}], 4, 0, False), r"top_k=-5 must be at least 1"),
-    ("/decode", (K, "hi", [{"kind": "top_p", "top_p": 2}], 4, 0, False), r"top_p=2 must be in \(0, 1\]"),
+     r"temperature=-1 is out of range: it must be between 0 and 100"),
+    ("/decode", (K, "hi", [{"kind": "top_k", "top_k": -5}], 4, 0, False), r"top_k=-5 is out of range: it must be between 1 and 1000000"),
+    ("/decode", (K, "hi", [{"kind": "top_p", "top_p": 2}], 4, 0, False), r"top_p=2 is out of range: it must be above 0 and at most 1"),
     ("/decode", (K, "hi", [{"kind": "beam", "num_beams": 100}], 4, 0, False),
-     r"num_beams=100 must be between 1 and 16"),
+     r"num_beams=100 is out of range: it must be between 1 and 16"),
     ("/decode", (K, "", GREEDY, 4, 0, False), r"the prompt is empty"),
     ("/decode", (K, "hi", [{"kind": "top_k", "top_k": "x"}], 4, 0, False), r"top_k.*'x'"),
     ("/decode", (K, "hi", [{"kind": "sample", "temperature": "hot"}], 4, 0, False),
@@ -390,10 +392,10 @@ NUMBER_CASES = [
     ("/decode", (K, "hi", "greedy", 4, 0, False), r"columns must be a list"),
     ("/decode", (K, "hi", ["greedy"], 4, 0, False), r"column 1 must be a dict"),
     ("/decode", (K, "hi", GREEDY, 4, 2**70, False), r"seed=\d+ is out of range"),
-    ("/decode", (K, "hi", [{"kind": "greedy", "evil": 1}], 4, 0, False), r"unknown setting\(s\) \['evil'\]"),
-    ("/decode", (K, "hi", GREEDY, 4.5, 0, False), r"max_new_tokens must be an integer, got 4\.5"),
+    ("/decode", (K, "hi", [{"kind": "greedy", "evil": 1}], 4, 0, False), r"column 1: unknown setting\(s\) 'evil'; known: kind, "),
+    ("/decode", (K, "hi", GREEDY, 4.5, 0, False), r"max_new_tokens must be a whole number, got 4\.5"),
     ("/decode", (K, "hi", GREEDY, 4, -1, False), r"seed=-1 is out of range"),
-    ("/decode", (K, "hi", GREEDY, 4, "seed", False), r"seed must be an integer, got 'seed'"),
+    ("/decode", (K, "hi", GREEDY, 4, "seed", False), r"seed must be a number, got 'seed'"),
     ("/train_start", {"steps": 0}, r"steps=0 is out of range: it must be between 1 and 100000"),
     ("/train_start", {"steps": 10**12}, r"steps=1000000000000 is out of range"),
     ("/train_start", {"n_layer": -3}, r"n_layer=-3 is out of range"),
@@ -413,9 +415,9 @@ NUMBER_CASES = [
     ("/train_stop", ("nope",), r"there is no run named 'nope'"),
     ("/model_info", ("../../etc/passwd",), r"unknown model '\.\./\.\./etc/passwd'"),
     ("/model_info", ("path:/etc",), r"unknown model|not a checkpoint|no such"),
-    ("/tokenize", (K, "hi", "bogus"), r"not in the list of choices"),
+    ("/tokenize", (K, "hi", "bogus"), r"colour_by 'bogus' is not one of: tokens, surprise"),
     ("/tokenize", ("", "hi", "tokens"), r"no model is selected"),
-    ("/embeddings", (K, "4D", ""), r"not in the list of choices"),
+    ("/embeddings", (K, "4D", ""), r"dims '4D' is not one of: 2D, 3D"),
     ("/embeddings", ("run:nope", "2D", ""), r"unknown model 'run:nope'"),
 ]
 
@@ -434,20 +436,20 @@ def test_out_of_range_and_wrong_types_through_the_api(env, api, args, match):
 # what gradio_client refuses to send (strict JSON), written by hand; /train_start takes all 20 inputs
 TRAIN_ROW = '["counting", "", "char", 512, 2, 2, 64, 64, 100, 8, 0.001, 0, 0.1, 0.0, "adamw", 0, "cpu", "", 0, 5]'
 RAW_CASES = [
-    ("attention", '["%s", "hello", NaN, 0, -1, "grid", "head_mean", "none"]' % K, r"layer must be an integer, got nan"),
+    ("attention", '["%s", "hello", NaN, 0, -1, "grid", "head_mean", "none"]' % K, r"layer must be a finite number, got nan"),
     ("attention", '["%s", "hello", Infinity, 0, -1, "grid", "head_mean", "none"]' % K,
-     r"layer must be an integer, got inf"),
+     r"layer must be a finite number, got inf"),
     ("attention", '["%s", "hello", 0, -Infinity, -1, "grid", "head_mean", "none"]' % K,
-     r"head must be an integer, got -inf"),
-    ("attention", '["%s", "hello", 0, 0, NaN, "grid", "head_mean", "none"]' % K, r"query must be an integer, got nan"),
-    ("attention", '["%s", "hello", 0, 0, "x", "grid", "head_mean", "none"]' % K, r"query must be an integer, got 'x'"),
+     r"head must be a finite number, got -inf"),
+    ("attention", '["%s", "hello", 0, 0, NaN, "grid", "head_mean", "none"]' % K, r"query must be a finite number, got nan"),
+    ("attention", '["%s", "hello", 0, 0, "x", "grid", "head_mean", "none"]' % K, r"query must be a number, got 'x'"),
     ("decode", '["%s", "hi", [{"kind": "greedy"}], NaN, 0, false]' % K, r"max_new_tokens.*nan"),
     ("decode", '["%s", "hi", [{"kind": "greedy"}], Infinity, 0, false]' % K, r"max_new_tokens.*inf"),
-    ("decode", '["%s", "hi", [{"kind": "sample", "temperature": NaN}], 4, 0, false]' % K, r"temperature=nan"),
+    ("decode", '["%s", "hi", [{"kind": "sample", "temperature": NaN}], 4, 0, false]' % K, r"temperature must be a finite number, got nan"),
     ("decode", '["%s", "hi", [{"kind": "greedy"}], 4, Infinity, false]' % K, r"seed.*inf"),
-    ("train_start", TRAIN_ROW.replace("0.001", "NaN"), r"lr=nan is not a finite number"),
-    ("train_start", TRAIN_ROW.replace('512, 2,', "512, Infinity,"), r"n_layer must be a whole number, got inf"),
-    ("train_start", TRAIN_ROW.replace("0.1, 0.0", "0.1, -Infinity"), r"dropout=-inf is not a finite number"),
+    ("train_start", TRAIN_ROW.replace("0.001", "NaN"), r"lr must be a finite number, got nan"),
+    ("train_start", TRAIN_ROW.replace('512, 2,', "512, Infinity,"), r"n_layer must be a finite number, got inf"),
+    ("train_start", TRAIN_ROW.replace("0.1, 0.0", "0.1, -Infinity"), r"dropout must be a finite number, got -inf"),
 ]
 
 

@@ -17,6 +17,7 @@ Does not own: the job table (`app.jobs.manager`), the run (`core.train.run`).
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import os
@@ -71,14 +72,24 @@ def launch_process(job: Job, *, python: str, threads: int, nice: int, on_event: 
 def _follow_process(job: Job, proc: subprocess.Popen, on_event: OnEvent, finish: Finish) -> None:
     if proc.stdout is None:
         raise RuntimeError("the training process has no stdout pipe")
-    with open(job.run_dir / EVENTS_FILE, "a", encoding="utf-8") as log:
-        for raw in proc.stdout:
-            ev = parse(raw)
-            if ev is None:
-                continue
-            log.write(json.dumps(ev) + "\n")
-            log.flush()
-            on_event(job, ev)
+    try:
+        log = open(job.run_dir / EVENTS_FILE, "a", encoding="utf-8")  # noqa: SIM115 (closed below)
+    except OSError:  # a full or read-only disk: the page still follows the run from memory
+        log = None
+    for raw in proc.stdout:
+        ev = parse(raw)
+        if ev is None:
+            continue
+        if log is not None:
+            try:
+                log.write(json.dumps(ev) + "\n")
+                log.flush()
+            except OSError:
+                pass
+        on_event(job, ev)
+    if log is not None:
+        with contextlib.suppress(OSError):
+            log.close()
     proc.stdout.close()
     finish(job, proc.wait())
 

@@ -100,7 +100,7 @@ class Job:
                 except OSError:
                     pass
                 self.reason = self.reason or (f"the training process ended (exit code {rc}) without a final report"
-                                              + (f": {tail}" if tail else ""))
+                                              + (f": {crash_line(tail)}" if tail else ""))
                 self.finished = time.time()
             record = self.record()
         self.save_record(record)

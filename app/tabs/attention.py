@@ -31,6 +31,7 @@ import numpy as np
 
 from app.figures import attention as figs
 from app.tabs import md_escape, user_errors
+from app.validate import boundary
 from core.inspect import attention as A
 
 TITLE = "Attention"
@@ -408,7 +409,8 @@ def build(ctx, model_picker: gr.Dropdown) -> None:
     # the renders' inputs: the State goes last (DEBOUNCE_JS finds the text at index 1); a State
     # is not part of the API, so /attention keeps its 8 parameters
     ins = [*inputs, tickets]
-    text.submit(user_errors(answer), ins, outputs, api_name="attention", **heavy)
+    text.submit(boundary(ctx)("attention", answer), ins, outputs, api_name="attention", preprocess=False,
+                **heavy)
     # `.change`, not `.input`: Gradio 6's textbox sends no `input` event for deletions (Backspace)
     text.change(live, ins, outputs, trigger_mode="always_last", js=DEBOUNCE_JS, **quiet)
     gr.on([layer.input, head.input], variant(view="head"), ins, outputs, **quiet)

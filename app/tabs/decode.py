@@ -21,13 +21,14 @@ import gradio as gr
 
 from app.figures import decode as figs
 from app.tabs import md_escape, user_errors
+from app.validate import LIMITS, boundary
 from core import decoding as D
+from core.beam import MAX_BEAMS
 
 TITLE = "Decode"
-MAX_PROMPT_CHARS = 2000
-MAX_NEW_TOKENS = 256
-MAX_COLUMNS = 4
-MAX_BEAMS = 8
+MAX_PROMPT_CHARS = LIMITS["decode.prompt"][1]
+MAX_NEW_TOKENS = LIMITS["max_new_tokens"][1]
+MAX_COLUMNS = LIMITS["columns"][1]
 DEFAULT_PROMPT = "First Citizen:\nBefore we proceed any further,"
 DEFAULT_COLUMNS = (dict(kind="greedy"), dict(kind="top_p", temperature=0.8, top_p=0.9),
                    dict(kind="beam", num_beams=4), dict(kind="top_k", temperature=1.0, top_k=40))
@@ -68,8 +69,6 @@ def prepare(catalog, key, prompt: str, columns, max_new_tokens):
             raise ValueError(f'column {i} must be a dict of settings such as {{"kind": "greedy"}}, '
                              f'got {D.short_repr(c)}')
     methods = [D.Method.from_dict(c) for c in columns]
-    if any(m.kind == "beam" and m.num_beams > MAX_BEAMS for m in methods):
-        raise ValueError(f"num_beams must be at most {MAX_BEAMS} here")
     ck = catalog.get(key)
     if ck.tokenizer is None:
         raise ValueError("this model has no tokenizer: it cannot read a prompt")
@@ -325,4 +324,4 @@ def build(ctx, model_picker: gr.Dropdown) -> None:
         tokens, per-token probabilities and metrics (and per-step traces when trace=True)."""
         return decode(catalog, model, prompt, columns, max_new_tokens, seed, trace)
 
-    gr.api(user_errors(decode_api), api_name="decode", concurrency_limit=2, concurrency_id="decode")
+    gr.api(boundary(ctx)("decode", decode_api), api_name="decode", concurrency_limit=2, concurrency_id="decode")

@@ -28,6 +28,7 @@ import torch
 
 from app.figures import embeddings as figs
 from app.tabs import fmt_int, md_escape, user_errors
+from app.validate import boundary
 from core import checkpoint
 from core.inspect import embeddings as emb
 
@@ -87,18 +88,31 @@ class EmbeddingCache:
         return value
 
     def export(self, name: str, header: list[str], rows) -> str:
-        """Write a CSV in a fresh folder under the export dir; keep the newest KEEP_EXPORTS."""
-        old = sorted(self.export_dir.iterdir(), key=lambda p: p.stat().st_mtime)
-        for p in old[:max(0, len(old) - KEEP_EXPORTS + 1)]:
-            shutil.rmtree(p, ignore_errors=True)
-        folder = self.export_dir / uuid.uuid4().hex[:12]
-        folder.mkdir()
+        """Write a CSV in a fresh folder under the export dir; keep the newest KEEP_EXPORTS.
+        Requests export at the same time: the pruning runs under the lock and tolerates
+        folders that vanish, and every export has a folder of its own."""
+        with self._lock:
+            self._prune()
+            folder = self.export_dir / uuid.uuid4().hex
+            folder.mkdir(parents=True)
         path = folder / name
         with open(path, "w", newline="", encoding="utf-8") as f:
             w = csv.writer(f)
             w.writerow(header)
             w.writerows(rows)
         return str(path)
+
+    def _prune(self) -> None:
+        found = []
+        self.export_dir.mkdir(parents=True, exist_ok=True)  # a temp cleaner may have removed it
+        for p in self.export_dir.iterdir():
+            try:
+                found.append((p.stat().st_mtime_ns, p.name, p))
+            except FileNotFoundError:  # removed since it was listed
+                continue
+        found.sort()
+        for _, _, p in found[:max(0, len(found) - KEEP_EXPORTS + 1)]:
+            shutil.rmtree(p, ignore_errors=True)
 
 
 def _cell(text: str) -> str:
@@ -312,8 +326,10 @@ def build(ctx, model_picker: gr.Dropdown) -> None:
     # ---- events ---------------------------------------------------------------------
     heavy = dict(concurrency_limit=2, concurrency_id="embeddings")
     private = dict(api_visibility="private", **heavy)
-    gr.on([model_picker.change, dims.change, search.submit, show_btn.click], show_vocab,
-          [model_picker, dims, search], [vocab_plot, vocab_md, csv_file], api_name="embeddings", **heavy)
+    gr.on([model_picker.change, dims.change, search.submit, show_btn.click],
+          boundary(ctx)("embeddings", show_vocab),
+          [model_picker, dims, search], [vocab_plot, vocab_md, csv_file], api_name="embeddings", preprocess=False,
+          **heavy)
     gr.on([nn_btn.click, expr.submit], neighbours, [model_picker, expr, k_slider], [nn_df, nn_md], **private)
     gr.on([model_picker.change, dims.change], positional, [model_picker, dims], [pos_heat, pos_curve], **private)
     gr.on([model_picker.change, ctx_btn.click, text.submit, layer.release], contextual, [model_picker, text, layer],

@@ -22,6 +22,7 @@ import gradio as gr
 from app.figures import model as figures
 from app.catalog import ModelCatalog, ModelEntry
 from app.tabs import fmt_bytes, fmt_int, md_escape, session_of, user_errors
+from app.validate import boundary
 from core.checkpoint import Checkpoint
 
 TITLE = "Model"
@@ -234,7 +235,8 @@ def build(ctx, model_picker: gr.Dropdown) -> None:
         info_json = gr.JSON(initial, label="model info", show_label=False)
 
     shown = [summary, config_df, modules_df, plot, meta_json]
-    model_picker.change(user_errors(describe), model_picker, info_json, api_name="model_info",
+    model_picker.change(boundary(ctx)("model_info", describe), model_picker, info_json, api_name="model_info",
+                        preprocess=False,  # the boundary checks the raw input
                         show_progress_on=[summary, modules_df],  # loading a big model takes seconds
                         concurrency_limit=2, concurrency_id="model_info").success(
         render, info_json, shown, api_visibility="private")

@@ -23,6 +23,8 @@ import gradio as gr
 from app.catalog import hub_offline
 from app.figures import tokens as figures
 from app.tabs import md_escape, user_errors
+from app.sessions import click_record
+from app.validate import boundary
 from core import data
 from core.inspect import tokens as T
 from core.tokenizer import MIN_BPE_VOCAB_SIZE, Tokenizer
@@ -162,7 +164,7 @@ def details(d: dict | None, index) -> tuple[str, list[list]]:
                      f"{T.visible(chars)} ({T.code_points(chars)})", note if s else "—",
                      _num(None if sv is None else math.exp(-sv), ".3g")])
     what = "one token" if j - i == 1 else f"{j - i} tokens that together make these characters"
-    head = (f"**Span {index + 1:,} of {len(d['groups']):,}**: characters {g['start']:,}–{g['end']:,} "
+    head = (f"**Span {index + 1:,} of {d.get('n_groups', len(d['groups'])):,}**: characters {g['start']:,}–{g['end']:,} "
             f"({md_escape(T.code_points(g['text']))}), {what}.")
     return head, rows
 
@@ -258,7 +260,7 @@ def build(ctx, model_picker: gr.Dropdown) -> None:
                                   max_height=420)
     with gr.Accordion("All of the above as JSON (what the /tokenize API returns)", open=False):
         data_json = gr.JSON(initial, show_label=False)
-    data_state = gr.State(initial, time_to_live=3600)
+    data_state = gr.State(click_record(initial, MAX_SHOWN), time_to_live=3600)  # what a click needs
 
     @user_errors
     def tokenize(key, txt, colour_by, lab):
@@ -266,11 +268,12 @@ def build(ctx, model_picker: gr.Dropdown) -> None:
         *shown, rows = render(d)
         # values only: a returned component (to change its label) makes Gradio rebuild it and its
         # config and API schema on every keystroke; the counts are in the table above the rows
-        return (d, d, *shown, *(v for v, _ in rows))
+        return (d, click_record(d, MAX_SHOWN), *shown, *(v for v, _ in rows))
 
-    gr.on([text.change, model_picker.change, colour.change, lab_state.change], tokenize,
+    gr.on([text.change, model_picker.change, colour.change, lab_state.change], boundary(ctx)("tokenize", tokenize),
           [model_picker, text, colour, lab_state], [data_json, data_state, spans, counts, ids, compare, *cmp_rows],
-          api_name="tokenize", trigger_mode="always_last", concurrency_limit=4, concurrency_id="tokenize")
+          api_name="tokenize", preprocess=False, trigger_mode="always_last", concurrency_limit=4,
+          concurrency_id="tokenize")
 
     @user_errors
     def fetch_gpt2(key, txt, colour_by, lab):

@@ -26,6 +26,7 @@ import gradio as gr
 from app.figures import train as figures
 from app.jobs import FORM, LIMITS, MAX_PASTED_CHARS
 from app.tabs import fmt_bytes, fmt_int, md_escape, user_errors
+from app.validate import boundary
 from core.config import PRESETS, GPTConfig
 from core.data import CORPUS_DESCRIPTIONS
 
@@ -174,9 +175,10 @@ def build(ctx, model_picker: gr.Dropdown) -> None:
         """Stop a run (default: the running one); it saves `latest` within one step."""
         return jobs.stop(job or None)
 
-    gr.api(user_errors(train_start), api_name="train_start", concurrency_limit=2, concurrency_id="train_ctl")
-    gr.api(user_errors(train_status), api_name="train_status", concurrency_limit=None)
-    gr.api(user_errors(train_stop), api_name="train_stop", concurrency_limit=2, concurrency_id="train_ctl")
+    api = boundary(ctx)
+    gr.api(api("train_start", train_start), api_name="train_start", concurrency_limit=2, concurrency_id="train_ctl")
+    gr.api(api("train_status", train_status), api_name="train_status", concurrency_limit=None)
+    gr.api(api("train_stop", train_stop), api_name="train_stop", concurrency_limit=2, concurrency_id="train_ctl")
 
     # ---- components ------------------------------------------------------------------------
     gr.Markdown("Train a GPT on a corpus and watch it learn: next-token prediction, one optimizer step at a "
@@ -333,7 +335,8 @@ def build(ctx, model_picker: gr.Dropdown) -> None:
     for s in (n_layer, n_head, n_embd, block):
         s.input(lambda: "custom", None, preset, **private)
     est_inputs = [corpus, text, tokenizer, vocab, n_layer, n_head, n_embd, block, batch]
-    gr.on([c.change for c in est_inputs], user_errors(estimate), est_inputs, est, show_progress="hidden", **private)
+    gr.on([c.change for c in est_inputs], api("train_estimate", estimate, notice=True), est_inputs, est,
+          show_progress="hidden", **private)
     settings_in = [corpus, text, upload, tokenizer, vocab, preset, n_layer, n_head, n_embd, block, steps, batch, lr,
                    warmup, wd, dropout, optimizer, seed, device, name]
     ctl = dict(concurrency_limit=2, concurrency_id="train_ctl", **private)
