@@ -64,10 +64,24 @@ def clear_when(triggers: list, cleared: dict) -> None:
     """Wire the one rule for stale views: when any of `triggers` fires (the model, the text,
     a setting changed), each component in `cleared` is set to its placeholder value, so no
     view keeps numbers computed from the old inputs. Tabs whose views recompute on the
-    same triggers don't need it; this is for views a click or a button fills."""
+    same triggers don't need it; this is for views a click or a button fills. A view that is
+    already empty is skipped, so a keystroke redraws nothing."""
     comps, values = list(cleared), tuple(cleared.values())
-    gr.on(triggers, lambda: values if len(values) > 1 else values[0], None, comps,
-          api_visibility="private", show_progress="hidden", queue=False)
+
+    def clear(*current):
+        out = tuple(gr.skip() if _blank(c) or (isinstance(c, str) and c == v) else v for c, v in zip(current, values))
+        return out if len(out) > 1 else out[0]
+
+    gr.on(triggers, clear, comps, comps, api_visibility="private", show_progress="hidden", queue=False,
+          trigger_mode="always_last")
+
+
+def _blank(value) -> bool:
+    if value is None or isinstance(value, str) and not value:
+        return True
+    if getattr(value, "empty", False) is True:  # a DataFrame
+        return True
+    return isinstance(value, (list, tuple, dict)) and not value
 
 
 # Clicking a token in a HighlightedText marks it "selected" (`gb-selected`, styled in
