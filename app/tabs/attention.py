@@ -449,5 +449,6 @@ def build(ctx, model_picker: gr.Dropdown) -> None:
     ablate_btn.click(user_errors(functools.partial(ablate_view, catalog)),
                      [model_picker, text, ablate_heads, query], [abl_md, abl_plot], **quiet)
     # the comparison and the ablation were computed on the old model or text: cleared until redone
-    clear_when([model_picker.change, text.change], {cmp_md: "", cmp_grid: None, cmp_pair: None, abl_md: "",
+    # (on leaving the text box, not per keystroke: typing already sends a render per pause)
+    clear_when([model_picker.change, text.blur, text.submit], {cmp_md: "", cmp_grid: None, cmp_pair: None, abl_md: "",
                                                     abl_plot: None})
