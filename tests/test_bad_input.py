@@ -336,10 +336,10 @@ def test_private_text_boxes_refuse_the_same_inputs(env):
         contextual(K, "Speak, speak. " * 100, 1)
     *_, note, _ = contextual(K, CONTROL, 10**9)  # a huge layer is clamped to the last one
     assert "tokens through 2 blocks" in note
-    with pytest.raises(gr.Error, match=r"the expression is 1000000 characters; at most 200 are accepted"):
-        neighbours(K, "x" * 1_000_000, 10)
-    with pytest.raises(gr.Error, match=r"is not one token of this vocabulary: it is 3 tokens"):  # a ZWSP
-        neighbours(K, "\u200b", 10)
+    # a neighbour query is a side action (issue 16): a bad one is a warning and leaves the table as it was
+    for bad in ("x" * 1_000_000, "\u200b"):  # too long; a ZWSP (3 tokens)
+        assert all(isinstance(v, dict) and v.get("__type__") == "update" and len(v) == 1
+                   for v in neighbours(K, bad, 10))
     still_serving(env)
 
 

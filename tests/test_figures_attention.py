@@ -35,7 +35,8 @@ def test_grid_labels_masks_and_clicks():
     fig = F.attention_grid(thumbs, f, 10, stat, "entropy", focus=(1, 2))
     heads = [t for t in fig.data if t.type == "heatmap"]
     assert [t.name for t in heads] == [f"L{l} H{h}" for l in range(2) for h in range(3)]
-    assert fig.layout.meta == {"view": "grid"}  # the click hook opens the clicked trace's head
+    # the click hook finds the head under any point of a tile (its masked half and title too) from this geometry
+    assert fig.layout.meta == {"view": "grid", "step": 13.0, "P": 10, "gap": 3.0, "L": 2, "nh": 3}
     z = np.asarray(heads[5].z)
     upper = np.triu_indices(10, 1)
     assert np.isnan(z[upper]).all()  # the future is masked (a gap), not a zero weight
@@ -43,7 +44,10 @@ def test_grid_labels_masks_and_clicks():
     assert [a.text for a in fig.layout.annotations][:2] == ["L0 H0 · 0.00", "L0 H1 · 1.00"]
     assert "grey = masked" in fig.layout.title.text and "pooled" not in fig.layout.title.text
     assert any(s.line.color == "#f59e0b" for s in fig.layout.shapes)  # the focused head is framed
-    assert fig.data[-1].marker.colorbar.title.text == "entropy"
+    assert fig.data[-1].marker.colorbar.title.text == "entropy (range 0–5)"  # no fixed scale: the range is said
+    fixed = F.attention_grid(thumbs, f, 10, stat / 100, "induction", stat_range=(0.0, 1.0))
+    bar = fixed.data[-1].marker
+    assert (bar.cmin, bar.cmax) == (0.0, 1.0) and bar.colorbar.title.text == "induction"  # noise near 0 stays dark
 
 
 def test_focused_head_and_token_labels_are_text():

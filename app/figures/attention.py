@@ -61,13 +61,17 @@ def payload_bytes(fig: Fig) -> int:
 
 
 def attention_grid(thumbs: np.ndarray, factor: int, T: int, stat: np.ndarray | None = None,
-                   stat_label: str = "", focus: tuple[int, int] | None = None) -> Fig:
+                   stat_label: str = "", focus: tuple[int, int] | None = None,
+                   stat_range: tuple[float, float] | None = None) -> Fig:
     """Every head as a small heatmap (rows = queries, top to bottom; columns = keys),
     layers down, heads across, one trace per head named `L{l} H{h}` (clicking one opens it:
     `layout.meta.view` is "grid"). `thumbs` (L, nh, P, P) float32 with NaN above the
     diagonal: masked cells are gaps over a grey tile, never zeros. `stat` (L, nh) colours
-    each tile's frame and joins its label. Plain dicts (a 12 × 12 grid is 144 traces,
-    300 shapes and annotations)."""
+    each tile's frame on the fixed scale `stat_range` (e.g. 0–1 for a score, so noise near 0
+    stays dark; None: the values' own range, said in the colour bar's title) and joins its
+    label. `layout.meta` carries the tiles' geometry (step, size P, gap, L, nh), so a click
+    anywhere on a tile or its title can name the head. Plain dicts (a 12 × 12 grid is 144
+    traces, 300 shapes and annotations)."""
     L, nh, P = thumbs.shape[:3]
     gap = max(2.0, 0.3 * P)
     step = P + gap
@@ -75,8 +79,12 @@ def attention_grid(thumbs: np.ndarray, factor: int, T: int, stat: np.ndarray | N
     colors = None
     if stat is not None:
         finite = stat[np.isfinite(stat)]
-        lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
-        norm = (np.nan_to_num(stat, nan=lo) - lo) / ((hi - lo) or 1.0)
+        if stat_range is not None:
+            lo, hi = map(float, stat_range)
+        else:
+            lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
+            stat_label = f"{stat_label} (range {lo:.3g}–{hi:.3g})"
+        norm = np.clip((np.nan_to_num(stat, nan=lo) - lo) / ((hi - lo) or 1.0), 0.0, 1.0)
         colors = np.array(sample_colorscale(STAT_SCALE, norm.ravel().tolist())).reshape(L, nh)
     traces, shapes, notes = [], [], []
     what = f"max weight of {factor}×{factor} tokens" if factor > 1 else "weight"
@@ -109,7 +117,8 @@ def attention_grid(thumbs: np.ndarray, factor: int, T: int, stat: np.ndarray | N
     title = (f"Every head: {L} layers × {nh} heads · {T} tokens · grey = masked (future) · click a head to open it"
              + (f" · {note}" if note else ""))
     tile_px = min(150, 1000 / nh)
-    layout = _layout_dict(title, int(80 + L * tile_px * 1.3), annotations=notes, shapes=shapes, meta=dict(view="grid"),
+    meta = dict(view="grid", step=float(step), P=int(P), gap=float(gap), L=int(L), nh=int(nh))
+    layout = _layout_dict(title, int(80 + L * tile_px * 1.3), annotations=notes, shapes=shapes, meta=meta,
                           xaxis=dict(visible=False, range=[-1.5, nh * step - gap + 0.5], constrain="domain"),
                           yaxis=dict(visible=False, range=[L * step - gap + 0.5, -0.4 * P - 2], scaleanchor="x"))
     return Fig(traces, layout)

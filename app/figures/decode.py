@@ -29,6 +29,10 @@ STAGE_NAMES = {"model": "model (T=1)", "penalty": "after repetition penalty", "a
                "temperature": "after temperature", "top_k": "after top-k", "top_p": "after top-p",
                "min_p": "after min-p"}
 COLUMN_COLORS = ("#4f46e5", "#059669", "#d97706", "#dc2626")
+# one colour per method in the sweep (six methods: none shares a colour)
+METHOD_COLORS = ("#4f46e5", "#059669", "#d97706", "#dc2626", "#0891b2", "#9333ea", "#65a30d", "#db2777")
+# where each method's temperature labels sit, so labels of methods at similar points part ways
+LABEL_POSITIONS = ("top center", "bottom center", "middle right", "middle left", "top right", "bottom left")
 
 
 def safe(text: object) -> str:
@@ -108,14 +112,18 @@ def beam_tree_figure(nodes: Sequence[dict], best_path: Sequence[int], title: str
         tx += [x0, x1, None]
         ty += [y0, y1, None]
     fin = [n.get("final_score") is not None for n in nodes]
+    # every node's token as a label would overlap its neighbours: the best path is labelled, alternately
+    # above and below (its neighbours are one step apart), and the others show theirs on hover
+    on_path = [n["id"] in best for n in nodes]
+    text = [safe(n["label"]) if p else "" for n, p in zip(nodes, on_path)]
+    where = ["top center" if n["step"] % 2 == 0 else "bottom center" for n in nodes]
     traces = [
         dict(type="scatter", x=ex, y=ey, mode="lines", line=dict(color="#cbd5e1", width=1), hoverinfo="skip",
              showlegend=False),
         dict(type="scatter", x=bx, y=by, mode="lines", line=dict(color="#4f46e5", width=3), hoverinfo="skip",
              name="best hypothesis"),
         dict(type="scatter", x=[pos[n["id"]][0] for n in nodes], y=[pos[n["id"]][1] for n in nodes],
-             mode="markers+text", text=[safe(n["label"]) for n in nodes], textposition="top center",
-             textfont=dict(size=10),
+             mode="markers+text", text=text, textposition=where, textfont=dict(size=11, color="#1e1b4b"),
              marker=dict(size=[11 if f else 8 for f in fin], symbol=["square" if f else "circle" for f in fin],
                          color=[n["score"] for n in nodes], colorscale=_scale("Viridis"), showscale=True,
                          colorbar=dict(title=dict(text="sum log p"), thickness=10)),
@@ -141,13 +149,18 @@ def sweep_figure(points: Sequence[dict]) -> Fig:
             type="scatter", x=[p["distinct_2"] for p in pts], y=[p["perplexity"] for p in pts],
             mode="lines+markers+text", name=safe(m),
             text=["" if p["temperature"] is None else f"T={p['temperature']:g}" for p in pts],
-            textposition="top center", marker=dict(size=10, color=COLUMN_COLORS[i % len(COLUMN_COLORS)]),
-            line=dict(width=1, dash="dot"),
+            textposition=LABEL_POSITIONS[i % len(LABEL_POSITIONS)], textfont=dict(size=10),
+            marker=dict(size=10, color=METHOD_COLORS[i % len(METHOD_COLORS)],
+                        symbol=("circle", "square", "diamond", "triangle-up", "cross", "x")[i % 6]),
+            line=dict(width=1, dash="dot", color=METHOD_COLORS[i % len(METHOD_COLORS)]),
             hovertemplate="distinct-2 = %{x:.3f}<br>perplexity = %{y:.2f}<br>%{text}<extra>" + safe(m) + "</extra>",
         ))
     finite = [p["perplexity"] for p in points if math.isfinite(p["perplexity"])]
     log_y = bool(finite) and max(finite) / max(min(finite), 1e-9) > 20
     title = "Sweep: perplexity under the model (lower = more likely) vs distinct-2 (higher = more varied)"
-    return _figure(traces, title, 380, xaxis=dict(title=dict(text="distinct-2"), range=[-0.02, 1.05]),
+    xs = [p["distinct_2"] for p in points if math.isfinite(p["distinct_2"])] or [0.0, 1.0]
+    pad = max(0.03, 0.12 * (max(xs) - min(xs)))  # the axis fits the points, with room for their labels
+    x_range = [max(-0.02, min(xs) - pad), min(1.05, max(xs) + pad)]
+    return _figure(traces, title, 420, xaxis=dict(title=dict(text="distinct-2"), range=x_range),
                    yaxis=dict(title=dict(text="perplexity"), type="log" if log_y else "linear"),
                    legend=dict(orientation="h", y=-0.2))

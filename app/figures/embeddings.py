@@ -135,49 +135,57 @@ def positional_curve(coords: np.ndarray, explained: Sequence[float], dims: int =
     return _figure([trace], title, 520, **_axes(_axis_titles(explained, dims), dims))
 
 
+def _points(kind: str, coords, dims: int, **kw) -> dict:
+    """A scatter trace of `coords` (N, dims) — or lists per axis — in 2-D ("scatter") or 3-D ("scatter3d")."""
+    axes = ("x", "y", "z")[:dims]
+    cols = coords if isinstance(coords, (list, tuple)) else [_f32(coords[:, d]) for d in range(dims)]
+    return dict(type="scatter3d" if dims == 3 else kind, **dict(zip(axes, cols)), **kw)
+
+
 def layer_scatter(coords: np.ndarray, labels: Sequence[str], explained: Sequence[float], layer: int,
-                  title: str | None = None) -> Fig:
-    """One layer's hidden states (T, 2) labelled with their tokens, coloured by position."""
+                  title: str | None = None, dims: int = 2) -> Fig:
+    """One layer's hidden states (T, dims) labelled with their tokens, coloured by position."""
     T = coords.shape[0]
     pos = np.arange(T, dtype=np.int32)
     name = "embedding (token + position)" if layer == 0 else f"after block {layer - 1}"
-    trace = dict(
-        type="scatter", x=_f32(coords[:, 0]), y=_f32(coords[:, 1]), mode="markers+text",
+    trace = _points(
+        "scatter", coords, dims, mode="markers+text",
         text=[esc(s) for s in labels], textposition="top center", customdata=pos,
-        marker=dict(size=9, color=pos, colorscale=_scale("Viridis"),
+        marker=dict(size=9 if dims == 2 else 5, color=pos, colorscale=_scale("Viridis"),
                     colorbar=dict(title=dict(text="position"), thickness=12)),
         hovertemplate="%{text}<br>position %{customdata}<extra></extra>",
     )
     return _figure([trace], title or f"Hidden states at layer {layer}: {name}", 480,
-                   **_axes(_axis_titles(explained, 2), 2))
+                   **_axes(_axis_titles(explained, dims), dims))
 
 
 def layer_paths(coords: np.ndarray, labels: Sequence[str], explained: Sequence[float], layer: int | None = None,
-                title: str = "Each token's path across the layers (one PCA for all layers)") -> Fig:
-    """(L+1, T, 2) coordinates: a line per token from the embedding through every block,
+                title: str = "Each token's path across the layers (one PCA for all layers)", dims: int = 2) -> Fig:
+    """(L+1, T, dims) coordinates: a line per token from the embedding through every block,
     markers coloured by layer, the token's label at its last point; `layer` is ringed."""
     L1, T, _ = coords.shape
-    xs, ys, lay, tok = [], [], [], []
+    cols: list[list] = [[] for _ in range(dims)]
+    lay, tok = [], []
     for t in range(T):
-        xs += coords[:, t, 0].tolist() + [None]
-        ys += coords[:, t, 1].tolist() + [None]
+        for d in range(dims):
+            cols[d] += coords[:, t, d].tolist() + [None]
         lay += list(range(L1)) + [None]
         tok += [esc(labels[t])] * L1 + [None]
-    traces = [dict(
-        type="scatter", x=xs, y=ys, mode="lines+markers", text=tok, customdata=lay, line=dict(color=GRID, width=1.5),
-        marker=dict(size=6, color=[v if v is not None else 0 for v in lay], colorscale=_scale("Plasma"), cmin=0,
-                    cmax=max(1, L1 - 1), colorbar=dict(title=dict(text="layer"), thickness=12)),
+    traces = [_points(
+        "scatter", cols, dims, mode="lines+markers", text=tok, customdata=lay, line=dict(color=GRID, width=1.5),
+        marker=dict(size=6 if dims == 2 else 3, color=[v if v is not None else 0 for v in lay],
+                    colorscale=_scale("Plasma"), cmin=0, cmax=max(1, L1 - 1),
+                    colorbar=dict(title=dict(text="layer"), thickness=12)),
         hovertemplate="%{text}<br>layer %{customdata}<extra></extra>", connectgaps=False,
     )]
-    ends = coords[-1]
-    traces.append(dict(type="scatter", x=_f32(ends[:, 0]), y=_f32(ends[:, 1]), mode="text",
-                       text=[esc(s) for s in labels], textposition="top center", hoverinfo="skip"))
+    traces.append(_points("scatter", coords[-1], dims, mode="text", text=[esc(s) for s in labels],
+                          textposition="top center", hoverinfo="skip"))
     if layer is not None and 0 <= layer < L1:
-        traces.append(dict(
-            type="scatter", x=_f32(coords[layer, :, 0]), y=_f32(coords[layer, :, 1]), mode="markers",
-            name=f"layer {layer}", marker=dict(size=12, color="rgba(0,0,0,0)", line=dict(color=HIGHLIGHT, width=2)),
+        traces.append(_points(
+            "scatter", coords[layer], dims, mode="markers", name=f"layer {layer}",
+            marker=dict(size=12 if dims == 2 else 6, color="rgba(0,0,0,0)", line=dict(color=HIGHLIGHT, width=2)),
             hoverinfo="skip"))
-    return _figure(traces, title, 480, **_axes(_axis_titles(explained, 2), 2))
+    return _figure(traces, title, 480, **_axes(_axis_titles(explained, dims), dims))
 
 
 def training_steps(coords: np.ndarray, labels: Sequence[str], classes: np.ndarray, steps: Sequence[str],

@@ -33,7 +33,8 @@ def params_by_kind(counts: Mapping[str, int], title: str = "Where the parameters
     trace = dict(
         type="bar", x=values, y=kinds, orientation="h",
         marker=dict(color=[KIND_COLORS.get(k, FALLBACK_COLOR) for k in kinds]),
-        text=text, textposition="auto", cliponaxis=False,
+        # labels after each bar, in room the x range keeps for them (inside, "auto" cut the long ones short)
+        text=text, textposition="outside", cliponaxis=False, constraintext="none",
         hovertemplate="%{y}: %{x:,} parameters<extra></extra>",
     )
     layout = dict(
@@ -43,7 +44,8 @@ def params_by_kind(counts: Mapping[str, int], title: str = "Where the parameters
         paper_bgcolor="rgba(0,0,0,0)",
         plot_bgcolor="rgba(0,0,0,0)",
         showlegend=False,
-        xaxis=dict(title=dict(text="parameters"), showgrid=True, gridcolor="rgba(148,163,184,0.3)"),
+        xaxis=dict(title=dict(text="parameters"), showgrid=True, gridcolor="rgba(148,163,184,0.3)",
+                   range=[0, 1.45 * max(values, default=1)]),
         yaxis=dict(autorange="reversed"),
     )
     return Fig([trace], layout)

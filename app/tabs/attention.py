@@ -30,7 +30,7 @@ import gradio as gr
 import numpy as np
 
 from app.figures import attention as figs
-from app.tabs import md_escape, user_errors
+from app.tabs import clear_when, md_escape, user_errors
 from app.validate import boundary
 from core.inspect import attention as A
 
@@ -41,6 +41,12 @@ VIEWS = [("All heads (grid)", "grid"), ("Selected head, large", "head")]
 AGG_CHOICES = [(label, key) for key, label in A.AGGREGATES.items()]
 COLOR_CHOICES = [("nothing", "none")] + [(label, key) for key, (label, _) in A.STATS.items()]
 STATS_HEADERS = ["head", "layer", "index"] + [label for label, _ in A.STATS.values()]
+
+
+def stat_range(key: str, T: int) -> tuple[float, float]:
+    """The fixed colour scale of a statistic: its possible range, so that a model without (say)
+    induction heads shows dark tiles, not its noise stretched over the whole scale."""
+    return (0.0, float(max(1, T - 1))) if key == "mean_distance" else (0.0, 1.0)
 
 
 class InductionCache:
@@ -142,7 +148,8 @@ def render_view(model, tok, prep, key, layer, head, query, view="grid", aggregat
     name = f"L{layer} H{head}"
     if view == "grid":
         stat = an.stats[color_by] if color_by != "none" else None
-        main = figs.attention_grid(an.thumbs, an.thumb_factor, T, stat, A.STATS.get(color_by, ("",))[0], (layer, head))
+        main = figs.attention_grid(an.thumbs, an.thumb_factor, T, stat, A.STATS.get(color_by, ("",))[0], (layer, head),
+                                   stat_range=stat_range(color_by, T) if stat is not None else None)
     else:
         main = figs.focused_head(an.focus, labels, an.focus_factor, f"{name} on {T} tokens")
     agg = figs.attention_heatmap(an.aggregate, labels, an.focus_factor, f"{A.AGGREGATES[aggregate]} (an aggregation)")
@@ -159,21 +166,35 @@ def render_view(model, tok, prep, key, layer, head, query, view="grid", aggregat
 OUTPUT_NAMES = ("view", "layer", "head", "notice", "main", "query", "strip", "heads_plot", "agg_plot", "stats",
                 "eq_md", "eq_plot", "eq_table", "vectors", "lens_plot", "data")
 
-# Clicking a head in the grid (or the large head, to go back): gr.Plot has no click event, so
-# this hooks plotly's own `plotly_click` on the main plot (re-checked as the plot is redrawn)
-# and forwards the clicked trace's name ("L1 H2", or "back") as a `click` event of the bridge.
+# Clicking a head in the grid (or the large head, to go back): gr.Plot has no click event, and
+# plotly's own `plotly_click` misses the masked half of a tile (NaN cells are gaps) and its title.
+# So any click inside the plot area is read here: in the grid, its data coordinates and the
+# tiles' geometry (`layout.meta`) name the head under it (a tile, its masked half or the title
+# above it); in the large view any click goes back. A drag (zoom) is not a click. The head's name
+# ("L1 H2", or "back") goes to the server as a `click` event of the bridge.
 CLICK_JS = """
-const hook = (ev) => {
-  const gd = document.querySelector('#attn-main .js-plotly-plot');
-  if (!gd || !ev || !ev.points || !ev.points.length) return;
-  const view = gd.layout && gd.layout.meta && gd.layout.meta.view;
-  if (view === 'grid') trigger('click', {head: String(ev.points[0].data.name || '')});
-  else if (view === 'head') trigger('click', {head: 'back'});
-};
-setInterval(() => {
-  const gd = document.querySelector('#attn-main .js-plotly-plot');
-  if (gd && gd.on && !(gd._ev && gd._ev.listeners('plotly_click').includes(hook))) gd.on('plotly_click', hook);
-}, 400);
+window.gbAttnTrigger = trigger;  // the newest mount's, if the bridge is ever mounted again
+if (!window.gbAttnClick) {
+  window.gbAttnClick = true;
+  let down = null;
+  const plot = (ev) => ev.target.closest && ev.target.closest('#attn-main') &&
+                       document.querySelector('#attn-main .js-plotly-plot');
+  document.addEventListener('mousedown', (ev) => { down = [ev.clientX, ev.clientY]; }, true);
+  document.addEventListener('click', (ev) => {
+    const gd = plot(ev);
+    if (!gd || !gd._fullLayout || !gd.layout || !gd.layout.meta) return;
+    if (down && Math.hypot(ev.clientX - down[0], ev.clientY - down[1]) > 4) return;
+    const fl = gd._fullLayout, xa = fl.xaxis, ya = fl.yaxis, box = gd.getBoundingClientRect();
+    const px = ev.clientX - box.left - xa._offset, py = ev.clientY - box.top - ya._offset;
+    if (px < 0 || py < 0 || px > xa._length || py > ya._length) return;  // the modebar, margins
+    const m = gd.layout.meta;
+    if (m.view === 'head') { window.gbAttnTrigger('click', {head: 'back'}); return; }
+    if (m.view !== 'grid') return;
+    const x = xa.p2c(px), y = ya.p2c(py);
+    const h = Math.floor((x + 0.5 + m.gap / 2) / m.step), l = Math.floor((y + 0.5 + m.gap) / m.step);
+    if (h >= 0 && l >= 0 && h < m.nh && l < m.L) window.gbAttnTrigger('click', {head: `L${l} H${h}`});
+  }, true);
+}
 """
 # Typing is debounced: each keystroke's event waits in the browser, then sends the text as it
 # is by then (so the last one to run always has the latest text), and trigger_mode="always_last"
@@ -308,7 +329,11 @@ def build(ctx, model_picker: gr.Dropdown) -> None:
     heads0 = [f"L{l} H{h}" for l in range(L) for h in range(nh)]
     plot = dict(show_label=False)
 
-    gr.Markdown("Type and watch every head attend. Each small map is one head: rows are the tokens that look "
+    gr.Markdown("A **head** is one attention pattern: its own query, key and value weights decide which earlier "
+                "tokens each token takes information from; each layer runs several heads side by side, so "
+                "different heads can follow different relations (the previous token, the first token, an earlier "
+                "copy of the same word), and their outputs are joined.\n\n"
+                "Type and watch every head attend. Each small map is one head: rows are the tokens that look "
                 "(queries, top to bottom), columns the tokens they look at (keys); grey cells are the future, "
                 "which a GPT may not see. Click a head (or pick its layer and head) to open it large; click it "
                 "again, or ← Back, to return to the grid.")
@@ -425,3 +450,7 @@ def build(ctx, model_picker: gr.Dropdown) -> None:
                       [model_picker, other, text, layer, head], [cmp_md, cmp_grid, cmp_pair], **quiet)
     ablate_btn.click(user_errors(functools.partial(ablate_view, catalog)),
                      [model_picker, text, ablate_heads, query], [abl_md, abl_plot], **quiet)
+    # the comparison and the ablation were computed on the old model or text: cleared until redone
+    # (on leaving the text box, not per keystroke: typing already sends a render per pause)
+    clear_when([model_picker.change, text.blur, text.submit], {cmp_md: "", cmp_grid: None, cmp_pair: None, abl_md: "",
+                                                    abl_plot: None})

@@ -20,7 +20,7 @@ import time
 import gradio as gr
 
 from app.figures import decode as figs
-from app.tabs import md_escape, user_errors
+from app.tabs import clear_when, md_escape, selection_marker, user_errors
 from app.validate import LIMITS, boundary
 from core import decoding as D
 from core.beam import MAX_BEAMS
@@ -46,9 +46,24 @@ def piece(tok, i: int) -> str:
     return tok.display(int(i)) if "\ufffd" in s or not s else s
 
 
+# Streaming: the browser redraws every column on each update, which costs more than the decoding
+# itself when the columns are long, so updates come at most every STREAM_MIN_S, further apart as a
+# run goes on (STREAM_SHARE of the time so far), and never more than STREAM_MAX_S apart.
+STREAM_MIN_S, STREAM_MAX_S, STREAM_SHARE = 0.4, 2.0, 0.2
+WHITESPACE_GLYPHS = {" ": "·", "\t": "→", "\n": "↵\n", "\r": "␍"}
+
+
 def _visible(label: str) -> str:
-    """Newlines stay line breaks but get a visible ↵, so a newline token can be clicked."""
+    """Newlines stay line breaks but get a visible ↵, so a newline token can be clicked; a token
+    that is only whitespace (a char model's space) shows its glyphs instead of an empty box."""
+    if label and not label.strip():
+        return "".join(WHITESPACE_GLYPHS.get(c, c) for c in label)
     return label.replace("\n", "↵\n")
+
+
+def stream_interval(elapsed: float) -> float:
+    """Seconds until the next streamed update, `elapsed` seconds into a run."""
+    return min(STREAM_MAX_S, max(STREAM_MIN_S, STREAM_SHARE * elapsed))
 
 
 def prepare(catalog, key, prompt: str, columns, max_new_tokens):
@@ -207,7 +222,7 @@ def methods_of(n, flat) -> list[dict]:
     return [dict(zip(SETTINGS, flat[i * per:(i + 1) * per])) for i in range(int(n))]
 
 
-def _column_ui(i: int, d: dict):
+def _column_ui(i: int, d: dict, spans=None, text: str = "", char: bool = False):
     with gr.Column(min_width=240, visible=i < 3, elem_id=f"dec-col-{i}") as col:
         kind = gr.Dropdown(METHOD_CHOICES, value=d["kind"], label=f"Column {i + 1}: method", elem_id=f"dec-kind-{i}")
         with gr.Accordion("Settings", open=False):
@@ -218,13 +233,40 @@ def _column_ui(i: int, d: dict):
             rep = gr.Slider(1.0, 2.0, value=1.0, step=0.05, label="Repetition penalty")
             beams = gr.Slider(1, MAX_BEAMS, value=d.get("num_beams", 4), step=1, label="Beam width")
             lp = gr.Slider(-2.0, 3.0, value=1.0, step=0.1, label="Length penalty (beam)")
-        out = gr.HighlightedText(label=f"Column {i + 1}", color_map=figs.COLOR_MAP, show_legend=i == 0,
-                                 show_inline_category=False, combine_adjacent=False, elem_id=f"dec-out-{i}")
-    return col, [kind, temp, top_k, top_p, min_p, rep, beams, lp], out
+        out = gr.HighlightedText(spans, label=f"Column {i + 1}", color_map=figs.COLOR_MAP, show_legend=False,
+                                 show_inline_category=False, combine_adjacent=False, elem_id=f"dec-out-{i}",
+                                 elem_classes=["gb-selectable"])
+        # a char model's tokens are single characters: its text reads better plain
+        plain = gr.Textbox(text, label=f"Column {i + 1} as plain text", lines=3, max_lines=12, interactive=False,
+                           visible=char, buttons=["copy"], elem_id=f"dec-plain-{i}")
+    return col, [kind, temp, top_k, top_p, min_p, rep, beams, lp], out, plain
+
+
+def finished(ck, n_prompt: int, res: list[dict], seed) -> dict:
+    """What the page shows once every column is done, by output name (from `column_result`s)."""
+    rows, ent, tree = views(res)
+    char = ck.tokenizer.kind == "char"
+    md = (f"{n_prompt} prompt tokens · seed {int(seed or 0)} · "
+          + " · ".join(f"column {i + 1}: {len(c['ids'])} tokens" for i, c in enumerate(res)))
+    return dict(notice=md, res=res, metrics=rows, ent=ent, tree=tree,
+                spans=[figs.token_spans([_visible(t) for t in c["tokens"]], c["probs"]) for c in res],
+                plain=[c["text"] for c in res], char=char)
 
 
 def build(ctx, model_picker: gr.Dropdown) -> None:
     catalog = ctx.catalog
+    first = None  # the tab opens with a result, as the others do
+    try:
+        if model_picker.value:
+            ck, ids, methods, mx = prepare(catalog, model_picker.value, DEFAULT_PROMPT, list(DEFAULT_COLUMNS[:3]), 40)
+            cols = start(ck, ids, methods, mx, 0)
+            for _ in advance_all(cols):
+                pass
+            first = finished(ck, len(ids), [column_result(ck, c) for c in cols], 0)
+    except ValueError:
+        pass
+    f0 = first or dict(notice="", res=None, metrics=None, ent=None, tree=None, spans=[], plain=[], char=False)
+
     gr.Markdown("Run several decoding methods on the same prompt, model and seed, side by side. Tokens are "
                 "coloured by the probability the model gave them; click one to see the candidates at that step "
                 "and what each filter (temperature → top-k → top-p → min-p) cut.")
@@ -234,28 +276,38 @@ def build(ctx, model_picker: gr.Dropdown) -> None:
         max_new = gr.Slider(1, MAX_NEW_TOKENS, value=40, step=1, label="Max new tokens", scale=2)
         seed = gr.Number(0, precision=0, label="Seed (same for every column)", scale=1)
         run_btn = gr.Button("Generate", variant="primary", scale=1, elem_id="dec-run")
-    notice = gr.Markdown(elem_id="dec-notice")
-    boxes, settings, outs = [], [], []
+    notice = gr.Markdown(f0["notice"], elem_id="dec-notice")
+    # the colour key, once, above the columns (inside a column it read as output tokens)
+    gr.HighlightedText([(name, name) for name, _, _ in figs.BUCKETS], color_map=figs.COLOR_MAP, show_legend=False,
+                       show_inline_category=False, label="Colour: the probability the model gave each token",
+                       elem_id="dec-legend", interactive=False)
+    selection_marker()
+    boxes, settings, outs, plains = [], [], [], []
     with gr.Row(equal_height=False):
         for i in range(MAX_COLUMNS):
-            col, s, out = _column_ui(i, DEFAULT_COLUMNS[i])
+            shown0 = (f0["spans"][i], f0["plain"][i], f0["char"]) if i < len(f0["spans"]) else ()
+            col, s, out, plain = _column_ui(i, DEFAULT_COLUMNS[i], *shown0)
             boxes.append(col)
             settings += s
             outs.append(out)
-    state = gr.State(None, time_to_live=3600)  # per-session traces: dropped after an idle hour
+            plains.append(plain)
+    state = gr.State(f0["res"], time_to_live=3600)  # per-session traces: dropped after an idle hour
     step_md = gr.Markdown("Click a token to see that step's candidates.", elem_id="dec-step")
     step_plot = gr.Plot(show_label=False, elem_id="dec-step-plot")
-    metrics = gr.Dataframe(headers=METRIC_HEADERS, label="Metrics per column (perplexity and log p under the model "
-                           "at T=1)", interactive=False, elem_id="dec-metrics")
-    ent_plot = gr.Plot(show_label=False)
-    tree_plot = gr.Plot(show_label=False, visible=False, elem_id="dec-tree")
+    metrics = gr.Dataframe(f0["metrics"], headers=METRIC_HEADERS, label="Metrics per column (perplexity and log p "
+                           "under the model at T=1)", interactive=False, elem_id="dec-metrics", wrap=True,
+                           elem_classes=["gb-fit"])
+    ent_plot = gr.Plot(f0["ent"], show_label=False)
+    tree_plot = gr.Plot(f0["tree"], show_label=False, visible=f0["tree"] is not None, elem_id="dec-tree")
     with gr.Accordion("Sample N times: diversity across samples", open=False):
         with gr.Row():
             which = gr.Dropdown([(f"Column {i + 1}", i) for i in range(MAX_COLUMNS)], value=1, label="Method of")
             n_samples = gr.Slider(2, D.MAX_SAMPLES, value=6, step=1, label="Samples (seeds seed, seed+1, …)")
             sample_btn = gr.Button("Sample")
         sample_md = gr.Markdown()
-        sample_df = gr.Dataframe(headers=["seed", "text", "perplexity", "distinct-2"], interactive=False, wrap=True)
+        sample_df = gr.Dataframe(headers=["seed", "text", "perplexity", "distinct-2"], interactive=False, wrap=True,
+                                 column_widths=["9%", "63%", "14%", "14%"], elem_classes=["gb-fit"],
+                                 elem_id="dec-samples")
     with gr.Accordion("Sweep: temperature × method → perplexity vs distinct-2", open=False):
         with gr.Row():
             sweep_methods = gr.CheckboxGroup(METHOD_CHOICES, value=["greedy", "sample", "top_k", "top_p", "beam"],
@@ -265,7 +317,7 @@ def build(ctx, model_picker: gr.Dropdown) -> None:
             sweep_btn = gr.Button("Sweep")
         sweep_plot = gr.Plot(show_label=False, elem_id="dec-sweep")
         sweep_df = gr.Dataframe(headers=["method", "temperature", "perplexity", "distinct-2", "unique samples"],
-                                interactive=False)
+                                interactive=False, wrap=True, elem_classes=["gb-fit"])
 
     def generate(key, text, n, max_new_tokens, sd, *flat):
         try:  # a generator: `user_errors` cannot wrap it, so bad input is turned into gr.Error here
@@ -274,23 +326,29 @@ def build(ctx, model_picker: gr.Dropdown) -> None:
             raise gr.Error(html.escape(str(e), quote=False), print_exception=False) from None
 
     def _generate(key, text, n, max_new_tokens, sd, *flat):
+        # outputs: notice, the columns, the plain texts, state, metrics, entropy, tree, step text, step plot
         ck, ids, methods, mx = prepare(catalog, key, text, methods_of(n, flat), max_new_tokens)
         cols = start(ck, ids, methods, mx, sd or 0)
         tok = ck.tokenizer
-        blank = [gr.update(value=None)] * (MAX_COLUMNS - len(cols))
-        last = 0.0
+        pad = [None] * (MAX_COLUMNS - len(cols))
+        skip = [gr.skip()] * MAX_COLUMNS
+        # the first update clears what the old inputs computed: no stale metrics, traces or plots meanwhile
+        yield ["Generating…", *[[] for _ in cols], *pad, *skip, None, None, None, gr.update(value=None, visible=False),
+               "Generating…", None]
+        t0 = time.perf_counter()
+        due = t0 + STREAM_MIN_S
         for _ in advance_all(cols):
-            if time.perf_counter() - last > 0.15:
-                last = time.perf_counter()
+            now = time.perf_counter()
+            if now >= due:
                 spans = [[(_visible(piece(tok, t)), None) for t in c.tokens] for c in cols]
-                yield ["Generating…", *spans, *blank, gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip()]
-        res = [column_result(ck, c) for c in cols]
-        rows, ent, tree = views(res)
-        spans = [figs.token_spans([_visible(t) for t in c["tokens"]], c["probs"]) for c in res]
-        md = (f"{len(ids)} prompt tokens · seed {int(sd or 0)} · "
-              + " · ".join(f"column {i + 1}: {len(c['ids'])} tokens" for i, c in enumerate(res)))
-        yield [md, *spans, *blank, res, rows, ent, gr.update(value=tree, visible=tree is not None),
-               "Click a token to see that step's candidates."]
+                yield ["Generating…", *spans, *pad, *skip, *[gr.skip()] * 6]
+                done = time.perf_counter()  # the next update waits from when this one was handed over
+                due = done + stream_interval(done - t0)
+        f = finished(ck, len(ids), [column_result(ck, c) for c in cols], sd)
+        plain = [gr.update(value=t, visible=f["char"]) for t in f["plain"]] + [gr.update(value="")] * len(pad)
+        yield [f["notice"], *f["spans"], *pad, *plain, f["res"], f["metrics"], f["ent"],
+               gr.update(value=f["tree"], visible=f["tree"] is not None),
+               "Click a token to see that step's candidates.", None]
 
     def select(i):
         def fn(res, evt: gr.SelectData):
@@ -305,8 +363,16 @@ def build(ctx, model_picker: gr.Dropdown) -> None:
 
     heavy = dict(concurrency_limit=2, concurrency_id="decode", api_visibility="private")
     inputs = [model_picker, prompt, n_cols, max_new, seed, *settings]
-    run_btn.click(generate, inputs, [notice, *outs, state, metrics, ent_plot, tree_plot, step_md], **heavy)
-    prompt.submit(generate, inputs, [notice, *outs, state, metrics, ent_plot, tree_plot, step_md], **heavy)
+    shown = [notice, *outs, *plains, state, metrics, ent_plot, tree_plot, step_md, step_plot]
+    run_btn.click(generate, inputs, shown, **heavy)
+    prompt.submit(generate, inputs, shown, **heavy)
+    model_picker.change(generate, inputs, shown, **heavy)  # another model: the columns are redone for it
+    # other inputs changed: what was computed from the old ones clears until the next run
+    changed = [prompt.change, seed.input, max_new.input, *(c.input for c in settings)]
+    clear_when(changed, {notice: "Settings changed: press **Generate** to run them.", **{o: [] for o in outs},
+                         **{p: "" for p in plains}, state: None, metrics: None, ent_plot: None, step_plot: None,
+                         step_md: "Click a token to see that step's candidates.", tree_plot: gr.update(visible=False)})
+    clear_when([model_picker.change, *changed], {sample_md: "", sample_df: None, sweep_plot: None, sweep_df: None})
     for i, out in enumerate(outs):
         out.select(select(i), state, [step_md, step_plot], api_visibility="private")
     n_cols.change(lambda n: [gr.update(visible=i < int(n)) for i in range(MAX_COLUMNS)], n_cols, boxes,

@@ -27,7 +27,7 @@ import gradio as gr
 import torch
 
 from app.figures import embeddings as figs
-from app.tabs import fmt_int, md_escape, user_errors
+from app.tabs import clear_when, fmt_int, md_escape, side_action, user_errors
 from app.validate import boundary
 from core import checkpoint
 from core.inspect import embeddings as emb
@@ -136,6 +136,9 @@ def vocab_summary(view: emb.VocabView, n_matches: int | None, search: str) -> st
         f"{r.k} nearest neighbours in all {C} dimensions (Euclidean), that share are also among its {r.k} "
         f"nearest in the picture; against the cosine neighbours listed below: {rc.value:.3f}; chance: "
         f"{r.k / (V - 1):.4f} ({queries}).",
+        f"*Recall@{r.k}*: for each token, the share of its {r.k} true nearest neighbours that stay among its "
+        f"{r.k} nearest on the map (1 = the map keeps every neighbourhood; near chance = the map's distances "
+        "say little).",
     ]
     if n_matches is not None:
         found = f"{fmt_int(n_matches)} tokens contain" if n_matches else "no token contains"
@@ -164,7 +167,7 @@ def build(ctx, model_picker: gr.Dropdown) -> None:
                             ["id", "token", "class", "pc1", "pc2", "pc3"], rows)
         return fig, vocab_summary(view, len(matches) if search else None, search or ""), path
 
-    @user_errors
+    @side_action(2)  # a query that cannot be read is one warning: the last answer stays
     def neighbours(key: str, expression: str, k: float):
         """Exact cosine nearest neighbours in the full dimension of a token or `a - b + c`."""
         ck = catalog.get(key)
@@ -176,6 +179,11 @@ def build(ctx, model_picker: gr.Dropdown) -> None:
                          for j, t in enumerate(terms))
         note = (f"Nearest to **{md_escape(shown)}** by cosine similarity over all {fmt_int(view.shape[0])} tokens "
                 f"in {view.shape[1]} dimensions (exact; the query's own tokens are left out).")
+        spaced = [t for t in terms if t.spaced]
+        if spaced:
+            note += (" Read " + ", ".join(f"{md_escape(t.text)} as **{md_escape(view.labels[t.id])}**" for t in spaced)
+                     + ": inside a sentence a word comes after a space (·), and that is the token this model "
+                       'learned for it; quote a term ("man") for the token without the space.')
         return rows, note
 
     @user_errors
@@ -188,7 +196,7 @@ def build(ctx, model_picker: gr.Dropdown) -> None:
         return figs.positional_heatmap(M, f), figs.positional_curve(p.coords, p.explained, d)
 
     @user_errors
-    def contextual(key: str, text: str, layer: float):
+    def contextual(key: str, text: str, layer: float, dims: str = "2D"):
         ck = catalog.get(key)
         L = ck.config.n_layer
         if not text or not text.strip():
@@ -204,8 +212,9 @@ def build(ctx, model_picker: gr.Dropdown) -> None:
         layer = max(0, min(int(layer), L))
         H = emb.hidden_states(ck.model, ids, normalize=True)
         labels = [ck.tokenizer.display(i) for i in ids]
-        p = emb.pca(H[layer], 2)
-        paths, pp = emb.layer_paths(H)
+        d = 3 if dims == "3D" else 2
+        p = emb.pca(H[layer], d)
+        paths, pp = emb.layer_paths(H, d)
         note = (f"{len(ids)} tokens through {L} blocks; each vector centred and scaled to unit RMS (as the next "
                 f"layer norm sees it) before PCA.")
         rows = ([t, _cell(labels[t]), ly, f"{p.coords[t, 0]:.5g}" if ly == layer else "",
@@ -213,8 +222,9 @@ def build(ctx, model_picker: gr.Dropdown) -> None:
                 for t in range(len(ids)) for ly in range(L + 1))
         path = cache.export("contextual-embeddings.csv", ["position", "token", "layer", "layer_pc1", "layer_pc2",
                                                           "path_pc1", "path_pc2"], rows)
-        return (figs.layer_scatter(p.coords, labels, p.explained, layer),
-                figs.layer_paths(paths, labels, pp.explained, layer), gr.update(maximum=L, value=layer), note, path)
+        return (figs.layer_scatter(p.coords, labels, p.explained, layer, dims=d),
+                figs.layer_paths(paths, labels, pp.explained, layer, dims=d), gr.update(maximum=L, value=layer), note,
+                path)
 
     @user_errors
     def over_training(key: str):
@@ -263,7 +273,10 @@ def build(ctx, model_picker: gr.Dropdown) -> None:
             note += f" The first {MAX_TRAINING_TOKENS:,} token ids are drawn."
         if len(names) >= 2:
             note += (" Each checkpoint's embeddings are rotated onto the last one's (orthogonal Procrustes in the "
-                     "full dimension), then projected on the last one's two principal axes; drag the slider.")
+                     "full dimension), then projected on the last one's two principal axes; drag the slider. "
+                     "*Procrustes*: the rotation that best lays one cloud of points onto another; training may "
+                     "turn the whole space without changing what it means, and this takes that turn out, so "
+                     "what moves on the slider is real change.")
         return fig, note
 
     def initial(fn, *args):
@@ -295,13 +308,14 @@ def build(ctx, model_picker: gr.Dropdown) -> None:
             csv_file = gr.File(v0[2], label="Coordinates (CSV)", interactive=False, height=60, elem_id="emb-csv")
             with gr.Row(equal_height=True):
                 expr = gr.Textbox(label="Nearest neighbours of a token or an expression",
-                                  placeholder='·king - ·man + ·woman   (· is a space; "quoted" or #id too)',
+                                  placeholder='king - man + woman   (or ·king with its space, "quoted", #id)',
                                   max_lines=1, max_length=emb.MAX_EXPRESSION_CHARS, scale=4, elem_id="emb-expr")
                 k_slider = gr.Slider(1, emb.MAX_NEIGHBOURS, value=10, step=1, label="k", scale=1)
                 nn_btn = gr.Button("Find", scale=0, min_width=100, elem_id="emb-find")
             nn_md = gr.Markdown(elem_id="emb-nn-note")
             nn_df = gr.Dataframe(headers=NEIGHBOUR_HEADERS, datatype=["number", "str", "number", "number"],
-                                 interactive=False, max_height=360, elem_id="emb-nn-table")
+                                 interactive=False, max_height=360, elem_id="emb-nn-table", wrap=True,
+                                 elem_classes=["gb-fit"])
         with gr.Tab("Positional embeddings"):
             with gr.Row(equal_height=False):
                 pos_heat = gr.Plot(p0[0], show_label=False, elem_id="emb-pos-heatmap")
@@ -332,6 +346,8 @@ def build(ctx, model_picker: gr.Dropdown) -> None:
           **heavy)
     gr.on([nn_btn.click, expr.submit], neighbours, [model_picker, expr, k_slider], [nn_df, nn_md], **private)
     gr.on([model_picker.change, dims.change], positional, [model_picker, dims], [pos_heat, pos_curve], **private)
-    gr.on([model_picker.change, ctx_btn.click, text.submit, layer.release], contextual, [model_picker, text, layer],
-          [layer_plot, path_plot, layer, ctx_md, ctx_csv], **private)
+    gr.on([model_picker.change, ctx_btn.click, text.submit, layer.release, dims.change], contextual,
+          [model_picker, text, layer, dims], [layer_plot, path_plot, layer, ctx_md, ctx_csv], **private)
+    # the neighbours were found in the old model's vocabulary
+    clear_when([model_picker.change], {nn_df: None, nn_md: ""})
     gr.on([model_picker.change, train_btn.click], over_training, model_picker, [train_plot, train_md], **private)

@@ -22,7 +22,7 @@ import gradio as gr
 
 from app.catalog import hub_offline
 from app.figures import tokens as figures
-from app.tabs import md_escape, user_errors
+from app.tabs import clear_when, md_escape, selection_marker, side_action, user_errors
 from app.sessions import click_record
 from app.validate import boundary
 from core import data
@@ -164,7 +164,10 @@ def details(d: dict | None, index) -> tuple[str, list[list]]:
                      f"{T.visible(chars)} ({T.code_points(chars)})", note if s else "—",
                      _num(None if sv is None else math.exp(-sv), ".3g")])
     what = "one token" if j - i == 1 else f"{j - i} tokens that together make these characters"
-    head = (f"**Span {index + 1:,} of {d.get('n_groups', len(d['groups'])):,}**: characters {g['start']:,}–{g['end']:,} "
+    # offsets are [start, end): a one-character span is "character 25", not "characters 25–26"
+    where = (f"character {g['start']:,}" if g["end"] - g["start"] <= 1 else
+             f"characters {g['start']:,}–{g['end'] - 1:,}")
+    head = (f"**Span {index + 1:,} of {d.get('n_groups', len(d['groups'])):,}**: {where} "
             f"({md_escape(T.code_points(g['text']))}), {what}.")
     return head, rows
 
@@ -220,12 +223,16 @@ def build(ctx, model_picker: gr.Dropdown) -> None:
         colour = gr.Radio(["tokens", "surprise"], value="tokens", label="Colour by", scale=1, min_width=160,
                           info="surprise: the model's loss on each token")
     spans = gr.HighlightedText(shown0[0], label="Tokens (click one)", color_map=PALETTE, show_legend=False,
-                               show_inline_category=False, combine_adjacent=False, elem_id="tokens-spans")
+                               show_inline_category=False, combine_adjacent=False, elem_id="tokens-spans",
+                               elem_classes=["gb-selectable"])
+    selection_marker()
     counts = gr.Markdown(shown0[1], elem_id="tokens-counts")
     with gr.Row(equal_height=False):
         with gr.Column(scale=3):
             detail_head = gr.Markdown("Click a token above to see its id, bytes and byte-level form.")
-            detail = gr.Dataframe([], headers=DETAIL_HEADERS, interactive=False, wrap=True, label="Selected token")
+            detail = gr.Dataframe([], headers=DETAIL_HEADERS, interactive=False, wrap=True, label="Selected token",
+                                  column_widths=["9%", "13%", "17%", "13%", "26%", "12%", "10%"],
+                                  elem_classes=["gb-fit"], elem_id="tokens-detail")
         ids = gr.Textbox(shown0[2], label="Token ids", lines=3, max_lines=8, interactive=False, buttons=["copy"],
                          scale=2, elem_id="tokens-ids")
     with gr.Accordion("Side by side: the same text through other tokenizers", open=True):
@@ -257,7 +264,8 @@ def build(ctx, model_picker: gr.Dropdown) -> None:
                                                 show_inline_category=False, combine_adjacent=False)
                 step_text = gr.Markdown()
             merges = gr.Dataframe([], headers=MERGE_HEADERS, interactive=False, label="Merges in order", scale=2,
-                                  max_height=420)
+                                  max_height=420, wrap=True, column_widths=["12%", "30%", "20%", "22%", "16%"],
+                                  elem_classes=["gb-fit"], elem_id="tokens-merges")
     with gr.Accordion("All of the above as JSON (what the /tokenize API returns)", open=False):
         data_json = gr.JSON(initial, show_label=False)
     data_state = gr.State(click_record(initial, MAX_SHOWN), time_to_live=3600)  # what a click needs
@@ -275,7 +283,8 @@ def build(ctx, model_picker: gr.Dropdown) -> None:
           api_name="tokenize", preprocess=False, trigger_mode="always_last", concurrency_limit=4,
           concurrency_id="tokenize")
 
-    @user_errors
+    # a failed fetch (offline, no cache) is one warning: the spans, ids and tables stay as they are
+    @side_action(6 + len(cmp_rows))  # the outputs of fetch.click below
     def fetch_gpt2(key, txt, colour_by, lab):
         """Download GPT-2's tokenizer once (offline: says it is unavailable), then redraw."""
         if gpt2_tokenizer(ctx) is None:
@@ -291,6 +300,9 @@ def build(ctx, model_picker: gr.Dropdown) -> None:
         return details(d, evt.index)
 
     spans.select(select, data_state, [detail_head, detail], api_visibility="private")
+    # the clicked token's panel describes the old tokens once the text, model or colouring changes
+    clear_when([text.change, model_picker.change, colour.change, lab_state.change],
+               {detail_head: details(None, None)[0], detail: []})
 
     @user_errors
     def train_lab(src, txt, size, sent):

@@ -218,6 +218,7 @@ class Term:
     sign: int  # +1 or -1
     id: int
     text: str  # what was typed
+    spaced: bool = False  # a bare word read in its leading-space form (king → ·king)
 
 
 _TERM = re.compile(r"""\s*([+-]?)\s*("(?:[^"\\]|\\.)*"|'(?:[^'\\]|\\.)*'|\#\d+|[^\s+\-]+)""")
@@ -234,6 +235,19 @@ def display_lookup(labels: Sequence[str]) -> dict[str, int]:
     for i, s in enumerate(labels):
         out.setdefault(s, i)
     return out
+
+
+def _spaced(text: str, quoted: bool, tokenizer: Tokenizer | None, V: int) -> int | None:
+    """A bare word's leading-space form (` king`, shown ·king) when that is one token: inside a
+    sentence a word comes after a space, so byte-level BPE learns the spaced form as the word."""
+    if quoted or tokenizer is None or not _WORD.fullmatch(text):
+        return None
+    ids = tokenizer.encode(" " + text)
+    unk = getattr(tokenizer, "unk_id", None)
+    return ids[0] if len(ids) == 1 and ids[0] < V and ids[0] != unk else None
+
+
+_WORD = re.compile(r"[^\W_]+")  # letters and digits only
 
 
 def _resolve(text: str, quoted: bool, tokenizer: Tokenizer | None, lookup: dict[str, int], V: int) -> int:
@@ -262,11 +276,13 @@ def _resolve(text: str, quoted: bool, tokenizer: Tokenizer | None, lookup: dict[
 def parse_expression(expr: str, tokenizer: Tokenizer | None, lookup: dict[str, int], vocab_size: int) -> list[Term]:
     """Parse `a - b + c` into signed token terms.
 
-    A term is a token as displayed (`·king`, `↵`), a quoted string that is one token
-    (`" king"`, with \\n \\t \\" escapes), or `#id`. Terms are joined by + or -.
+    A term is a word as typed (`king`: its leading-space form `·king` when that is one
+    token, as a word reads inside a sentence; `Term.spaced` says so), a token as displayed
+    (`·king`, `↵`), a quoted string that is one token exactly (`"king"`, `" king"`, with
+    \\n \\t \\" escapes), or `#id`. Terms are joined by + or -.
     """
     if not isinstance(expr, str) or not expr.strip():
-        raise ValueError("type a token or an expression such as ·king - ·man + ·woman")
+        raise ValueError("type a token or an expression such as king - man + woman")
     if len(expr) > MAX_EXPRESSION_CHARS:
         raise ValueError(f"the expression is {len(expr)} characters; at most {MAX_EXPRESSION_CHARS} are accepted")
     terms: list[Term] = []
@@ -280,13 +296,14 @@ def parse_expression(expr: str, tokenizer: Tokenizer | None, lookup: dict[str, i
             raise ValueError(f"expected + or - before {raw!r} (terms are joined by + or -)")
         quoted = raw[0] in "\"'" and len(raw) >= 2 and raw[-1] == raw[0]
         text = _unquote(raw) if quoted else raw
-        tid = _resolve(text, quoted, tokenizer, lookup, vocab_size)
-        terms.append(Term(-1 if sign == "-" else 1, tid, raw))
+        spaced = _spaced(text, quoted, tokenizer, vocab_size)
+        tid = spaced if spaced is not None else _resolve(text, quoted, tokenizer, lookup, vocab_size)
+        terms.append(Term(-1 if sign == "-" else 1, tid, raw, spaced is not None))
         if len(terms) > MAX_TERMS:
             raise ValueError(f"the expression has more than {MAX_TERMS} terms")
         pos = m.end()
     if not terms:
-        raise ValueError("type a token or an expression such as ·king - ·man + ·woman")
+        raise ValueError("type a token or an expression such as king - man + woman")
     return terms
 
 

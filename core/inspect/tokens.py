@@ -183,10 +183,14 @@ def tokenize(tok: Tokenizer, text: str, max_chars: int = MAX_TEXT_CHARS) -> Toke
     facts: dict[int, tuple[str, str, str]] = {}
     for i in set(enc.ids):
         facts[i] = (tok.display(i), tok.id_to_token(i), tok.token_bytes(i).hex(" "))
+    unk = getattr(tok, "unk_id", None)
+    # an unknown character's token stands for "<unk>", but the bytes a user asks about are the character's own
+    bytes_hex = [text[a:b].encode("utf-8", "surrogatepass").hex(" ") if i == unk and b > a else facts[i][2]
+                 for i, (a, b) in zip(enc.ids, enc.offsets)]
     return TokenView(
         text=text, ids=list(enc.ids), offsets=list(enc.offsets),
         tokens=[facts[i][0] for i in enc.ids], byte_level=[facts[i][1] for i in enc.ids],
-        bytes_hex=[facts[i][2] for i in enc.ids], groups=group_tokens(enc.offsets, text),
+        bytes_hex=bytes_hex, groups=group_tokens(enc.offsets, text),
         counts=text_counts(text, len(enc.ids)),
     )
 
