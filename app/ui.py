@@ -18,7 +18,8 @@ from typing import TYPE_CHECKING
 
 import gradio as gr
 
-from app import sessions, validate
+import app.sessions as sessions
+import app.validate as validate
 from app.tabs import md_escape, session_of
 
 if TYPE_CHECKING:

@@ -23,18 +23,21 @@ import logging
 import math
 import re
 import tempfile
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any
 
 import gradio as gr
 
+from app.jobs.form import FORM
 from core import config as C
 from core import decoding as D
 from core.beam import MAX_BEAMS
 from core.inspect import attention as A
 from core.inspect import embeddings as E
 from core.inspect import tokens as T
+from core.spec import MAX_PASTED_CHARS, SERVER_LIMITS
 
 log = logging.getLogger(__name__)
 
@@ -74,9 +77,7 @@ INTS = ("layer", "head", "query", "columns", "max_new_tokens", "seed", "top_k", 
 
 def train_limits() -> dict[str, tuple[float, float]]:
     """The training settings' bounds: the job manager's table (the Train tab's sliders use it)."""
-    from app.jobs import LIMITS as TRAIN
-
-    return dict(TRAIN)
+    return dict(SERVER_LIMITS)
 
 
 # ---- quoting and messages --------------------------------------------------------------
@@ -283,8 +284,6 @@ ENDPOINTS: dict[str, tuple[Input, ...]] = {
 
 def _train_inputs() -> tuple[Input, ...]:
     """/train_start: every setting of the job manager's table, plus its words."""
-    from app.jobs import FORM, MAX_PASTED_CHARS
-
     lim = train_limits()
 
     def num(name):

@@ -47,9 +47,8 @@ def main(argv=None) -> dict:
     p.add_argument("--model", type=Path, default=load.ROOT / "assets" / "demo")
     p.add_argument("--chromium", default="/usr/bin/chromium")
     args = p.parse_args(argv)
-    from playwright.sync_api import sync_playwright
-
     import torch
+    from playwright.sync_api import sync_playwright
 
     api, web = [], []
     with tempfile.TemporaryDirectory(prefix="glassbox-decode-") as tmp:

@@ -20,8 +20,8 @@ Does not own: sampling and the per-step filter trace (`core.generate`), metrics
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Iterator
 
 import torch
 import torch.nn.functional as F

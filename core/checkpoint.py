@@ -36,8 +36,15 @@ from safetensors.torch import save_file
 from . import hf
 from .config import FORMAT_VERSION, GPTConfig  # noqa: F401 (kept importable from here)
 from .model import GPT
-from .safefile import (DTYPE_SIZES, FLOAT_DTYPES, MAX_HEADER_BYTES, CheckpointError,  # noqa: F401 (public names)
-                       check_safetensors_file, read_json, short)
+from .safefile import (  # noqa: F401 (public names)
+    DTYPE_SIZES,
+    FLOAT_DTYPES,
+    MAX_HEADER_BYTES,
+    CheckpointError,
+    check_safetensors_file,
+    read_json,
+    short,
+)
 from .tokenizer import Tokenizer
 
 MODEL_FILE, CONFIG_FILE, TOKENIZER_FILE, META_FILE = "model.safetensors", "config.json", "tokenizer.json", "meta.json"

@@ -82,7 +82,7 @@ class GPTConfig:
         return {"format_version": FORMAT_VERSION, **dataclasses.asdict(self)}
 
     @classmethod
-    def from_dict(cls, d: dict) -> "GPTConfig":
+    def from_dict(cls, d: dict) -> GPTConfig:
         if not isinstance(d, dict):
             raise ValueError(f"config must be a JSON object, got {type(d).__name__}")
         d = dict(d)
@@ -100,7 +100,7 @@ class GPTConfig:
             raise ValueError(f"config is missing required keys: {', '.join(missing)}")
         return cls(**d)
 
-    def replace(self, **changes: Any) -> "GPTConfig":
+    def replace(self, **changes: Any) -> GPTConfig:
         return dataclasses.replace(self, **changes)
 
     # --- estimates (pure arithmetic: nothing is allocated) ----------------------------
@@ -253,7 +253,7 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "TrainConfig":
+    def from_dict(cls, d: dict) -> TrainConfig:
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(d) - known)
         if unknown:

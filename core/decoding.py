@@ -95,7 +95,7 @@ class Method:
             raise ValueError(f"length_penalty={self.length_penalty} must be in [-10, 10]")
 
     @classmethod
-    def from_dict(cls, d: dict | None) -> "Method":
+    def from_dict(cls, d: dict | None) -> Method:
         d = dict(d or {})
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(d) - known - {"method"})
@@ -212,7 +212,7 @@ class Column:
         # a beam's tokens are not final until the search ends: time to first token = the whole run
         self.times = [self._beam_t] * len(self.tokens)
 
-    def run(self) -> "Column":
+    def run(self) -> Column:
         while self.advance():
             pass
         return self

@@ -8,8 +8,8 @@ import socket
 import pytest
 
 from app import build_app, make_context
-from app.figures import model as figures
 from app.catalog import BUNDLED_KEY
+from app.figures import model as figures
 from app.tabs import fmt_bytes, md_escape
 from app.tabs.model import model_info, module_kind, render, summary_markdown
 from core import checkpoint

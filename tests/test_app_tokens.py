@@ -108,7 +108,7 @@ def test_bpe_lab_handlers(tiny_bpe_ckpt, tmp_path, shakespeare_text):
     assert xs[0] == 257 and xs[-1] == 300 and list(cpt.data[0].y) == sorted(cpt.data[0].y)  # more merges, longer tokens
     spans0, _ = step(state, "To be, or not to be", 0)
     spans_n, text_n = step(state, "To be, or not to be", n)
-    assert len(spans0) == len("To be, or not to be".encode()) > len(spans_n)  # bytes, then merged
+    assert len(spans0) == len(b"To be, or not to be") > len(spans_n)  # bytes, then merged
     assert f"After **{n:,}**" in text_n
     # the trained BPE joins the side-by-side rows
     d = tab.analyze(ctx, BUNDLED_KEY, "to be or not", lab=state)

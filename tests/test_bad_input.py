@@ -19,8 +19,8 @@ import math
 import pickle
 import re
 import shutil
-import time
 import struct
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -477,6 +477,7 @@ def _start_args(corpus: str, text: str = "", file: str | None = None, **over):
 
 def test_bad_training_files_are_refused_by_the_train_tab(env, tmp_path):
     import gradio as gr
+
     from core.data import MAX_UPLOAD_BYTES
 
     start = handler(env.demo, "start")

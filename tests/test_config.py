@@ -2,7 +2,7 @@ import math
 
 import pytest
 
-from core.config import GPTConfig, PRESETS, TrainConfig, lr_at, preset
+from core.config import PRESETS, GPTConfig, TrainConfig, lr_at, preset
 
 
 def test_presets_build_and_counts():

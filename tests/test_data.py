@@ -9,9 +9,23 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from core import data
-from core.data import (CORPUS_CHOICES, SYNTHETIC_CORPORA, TINY_SHAKESPEARE_SHA256, BatchSampler, DataError,
-                       corpus_stats, download_file, find_tiny_shakespeare, fixed_batches, load_corpus,
-                       read_text_file, split_tokens, synthetic_corpus, tiny_shakespeare, validate_text)
+from core.data import (
+    CORPUS_CHOICES,
+    SYNTHETIC_CORPORA,
+    TINY_SHAKESPEARE_SHA256,
+    BatchSampler,
+    DataError,
+    corpus_stats,
+    download_file,
+    find_tiny_shakespeare,
+    fixed_batches,
+    load_corpus,
+    read_text_file,
+    split_tokens,
+    synthetic_corpus,
+    tiny_shakespeare,
+    validate_text,
+)
 from tests.conftest import SAMPLE_TEXT, SHAKESPEARE
 
 needs_shakespeare = pytest.mark.skipif(not SHAKESPEARE.is_file(), reason="no ../shared/data/tinyshakespeare.txt")

@@ -153,7 +153,7 @@ def test_a_half_consumed_stream_leaves_autograd_on(char_tokenizer):
     caller's thread while suspended: training after an abandoned stream then fails."""
     import torch
 
-    from core.generate import Sampling, stream, steps
+    from core.generate import Sampling, steps, stream
     from tests.conftest import make_model
 
     model = make_model(char_tokenizer.vocab_size)

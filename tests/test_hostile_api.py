@@ -16,7 +16,6 @@ import os
 import re
 import shutil
 import time
-import uuid
 from types import SimpleNamespace
 
 import httpx

@@ -10,10 +10,27 @@ import torch.nn.functional as F
 from tokenizers import pre_tokenizers
 
 from conftest import SAMPLE_TEXT, make_model
-from core.inspect.tokens import (MAX_LAB_VOCAB, MAX_TEXT_CHARS, bpe_merges, byte_level_display, check_lab_vocab,
-                                 check_text, code_points, fetch_gpt2_tokenizer, find_gpt2_tokenizer, grapheme_bounds,
-                                 group_surprise, group_tokens, replay_merges, text_counts, token_surprise, tokenize,
-                                 train_bpe_lab, truncated_bpe, visible)
+from core.inspect.tokens import (
+    MAX_LAB_VOCAB,
+    MAX_TEXT_CHARS,
+    bpe_merges,
+    byte_level_display,
+    check_lab_vocab,
+    check_text,
+    code_points,
+    fetch_gpt2_tokenizer,
+    find_gpt2_tokenizer,
+    grapheme_bounds,
+    group_surprise,
+    group_tokens,
+    replay_merges,
+    text_counts,
+    token_surprise,
+    tokenize,
+    train_bpe_lab,
+    truncated_bpe,
+    visible,
+)
 from core.tokenizer import Tokenizer
 
 HARD_STRINGS = [

@@ -6,8 +6,17 @@ from pathlib import Path
 import pytest
 from tokenizers import pre_tokenizers, processors
 
-from core.tokenizer import (EOT, MAX_VOCAB_SIZE, MIN_BPE_VOCAB_SIZE, Encoding, Tokenizer, TokenizerError,
-                            byte_decoder, display_bytes, display_text)
+from core.tokenizer import (
+    EOT,
+    MAX_VOCAB_SIZE,
+    MIN_BPE_VOCAB_SIZE,
+    Encoding,
+    Tokenizer,
+    TokenizerError,
+    byte_decoder,
+    display_bytes,
+    display_text,
+)
 
 SHAKESPEARE = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "tinyshakespeare.txt"
 

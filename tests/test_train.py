@@ -300,6 +300,7 @@ def test_a_spec_file_runs_the_same_as_the_flags(tmp_path):
 def test_resume_is_a_field_of_the_spec_and_continues_bit_identically(tmp_path):
     import threading
 
+    from core import train as train_mod
     from core.spec import RunSpec
 
     base = RunSpec(corpus="arithmetic", preset="micro", n_layer=1, n_embd=32, n_head=2, block_size=32, dropout=0.1,

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import base64
 import re
-from functools import lru_cache
+from functools import cache, lru_cache
 from typing import Any
 
 import numpy as np
@@ -236,7 +236,7 @@ def figure(traces: list[dict], title: str, height: int, **kw) -> Fig:
     return Fig(traces, layout)
 
 
-@lru_cache(maxsize=None)
+@cache
 def _scale(name: str) -> tuple:
     return tuple(tuple(stop) for stop in get_colorscale(name))
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 import html
 import json
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 from plotly.colors import sample_colorscale

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import html
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 from app.figures import Fig
 from app.figures import colorscale as _scale

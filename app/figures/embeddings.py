@@ -16,9 +16,10 @@ Does not own: computing what is drawn (`core.inspect.embeddings`).
 from __future__ import annotations
 
 import html
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
+
 from app.figures import Fig
 from app.figures import colorscale as _scale
 from core.inspect.embeddings import CLASS_NAMES

@@ -8,7 +8,7 @@ Does not own: computing what is drawn (`core`, or the tab handlers).
 
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
 
 from app.figures import Fig
 

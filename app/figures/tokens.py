@@ -9,7 +9,7 @@ Does not own: computing the numbers (`core.inspect.tokens`).
 from __future__ import annotations
 
 import html
-from typing import Sequence
+from collections.abc import Sequence
 
 from app.figures import Fig
 

@@ -10,7 +10,7 @@ as data. Does not own: training or job state (`core.train`, `app.jobs`).
 from __future__ import annotations
 
 import math
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 from app.figures import Fig
 

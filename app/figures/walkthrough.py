@@ -12,7 +12,7 @@ Token labels are data (`safe`). Does not own: any number (core), the words (the 
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 

@@ -22,7 +22,7 @@ import threading
 import time
 from pathlib import Path
 
-from app.jobs import backends
+import app.jobs.backends as backends
 from app.jobs.events import fold
 from app.jobs.form import FORM_PRESET, settings_of, spec_from_form
 from app.jobs.runs import (

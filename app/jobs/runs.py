@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from app.jobs.events import read_events
+from app.validate import crash_line
 from core import checkpoint
 from core.spec import NAME_RE, RunSpec
 

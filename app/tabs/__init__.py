@@ -19,7 +19,8 @@ from __future__ import annotations
 import functools
 import html
 import re
-from typing import Callable, TypeVar
+from collections.abc import Callable
+from typing import TypeVar
 
 import gradio as gr
 

@@ -19,8 +19,8 @@ from typing import Any
 
 import gradio as gr
 
-from app.figures import model as figures
 from app.catalog import ModelCatalog, ModelEntry
+from app.figures import model as figures
 from app.tabs import fmt_bytes, fmt_int, md_escape, session_of, user_errors
 from app.validate import boundary
 from core.checkpoint import Checkpoint

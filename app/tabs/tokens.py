@@ -22,8 +22,8 @@ import gradio as gr
 
 from app.catalog import hub_offline
 from app.figures import tokens as figures
-from app.tabs import clear_when, md_escape, selection_marker, side_action, user_errors
 from app.sessions import click_record
+from app.tabs import clear_when, md_escape, selection_marker, side_action, user_errors
 from app.validate import boundary
 from core import data
 from core.inspect import tokens as T

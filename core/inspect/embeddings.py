@@ -23,8 +23,8 @@ from __future__ import annotations
 
 import re
 import unicodedata
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -188,7 +188,7 @@ class CosineIndex:
     def __len__(self) -> int:
         return self.E.shape[0]
 
-    def vector(self, terms: Sequence["Term"]) -> torch.Tensor:
+    def vector(self, terms: Sequence[Term]) -> torch.Tensor:
         """Σ sign · E[id] over the terms: (C,)."""
         v = torch.zeros(self.E.shape[1], device=self.E.device)
         for t in terms:

@@ -35,8 +35,16 @@ import torch.nn.functional as F
 from tokenizers import Tokenizer as HFTokenizer
 from tokenizers import decoders, models, pre_tokenizers
 
-from core.tokenizer import (EOT, MAX_VOCAB_SIZE, MIN_BPE_VOCAB_SIZE, Tokenizer, TokenizerError, byte_decoder,
-                            display_bytes, display_text)
+from core.tokenizer import (
+    EOT,
+    MAX_VOCAB_SIZE,
+    MIN_BPE_VOCAB_SIZE,
+    Tokenizer,
+    TokenizerError,
+    byte_decoder,
+    display_bytes,
+    display_text,
+)
 
 MAX_TEXT_CHARS = 20_000        # live tokenization
 MAX_CORPUS_CHARS = 2_000_000   # BPE lab corpus (~2 MB of ASCII)
