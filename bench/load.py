@@ -426,7 +426,8 @@ def main(argv=None) -> dict:
     if not args.endpoints or any(e not in ENDPOINTS for e in args.endpoints):
         p.error(f"--endpoints: choose from {', '.join(ENDPOINTS)}")
 
-    out: dict = {"bench": "load", "endpoints": list(args.endpoints), "users": args.users, "client_procs": args.procs, "requests_per_user": args.requests, "think_s": args.think,
+    out: dict = {"bench": "load", "endpoints": list(args.endpoints), "users": args.users, "client_procs": args.procs,
+                 "requests_per_user": args.requests, "think_s": args.think,
                  "decode_tokens": args.decode_tokens, "cpus": os.cpu_count(),
                  "load_avg_start": [round(x, 2) for x in os.getloadavg()]}
     checker = Checker(args.model, args.decode_tokens)

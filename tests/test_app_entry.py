@@ -28,7 +28,7 @@ def test_python_app_py_serves_the_bundled_model_offline(tmp_path):
                     break
             except OSError:
                 if proc.poll() is not None or time.time() > deadline:
-                    raise AssertionError(f"app.py did not start:\n{proc.stdout.read()}")
+                    raise AssertionError(f"app.py did not start:\n{proc.stdout.read()}") from None
                 time.sleep(0.5)
         client = Client(url, verbose=False)
         models = client.predict(api_name="/models")

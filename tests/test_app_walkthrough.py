@@ -109,7 +109,7 @@ def test_walk_every_stage_with_the_keyboard(env, page):
     expect(heading).to_contain_text("1 / 7 · Text → tokens → ids", timeout=WAIT)
     expect(page.locator("#wt-plot .js-plotly-plot")).to_be_visible(timeout=WAIT)
     page.locator("#wt-prose").click()  # the focus on the page, not in a text box
-    for i, (key, title) in enumerate(W.STAGES[1:], start=2):
+    for i, (_key, title) in enumerate(W.STAGES[1:], start=2):
         page.keyboard.press("ArrowRight")
         expect(heading).to_contain_text(f"{i} / 7 · {title}", timeout=WAIT)
         expect(rail.get_by_role("radio", name=f"{i}. {title}")).to_be_checked()

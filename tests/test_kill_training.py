@@ -75,7 +75,7 @@ def test_sigkill_at_random_moments_never_breaks_a_checkpoint(tmp_path):
     out = runs / "victim"
     steps = 100_000  # far more than it will reach: the test ends every run itself
     resume = False
-    for cycle in range(3):
+    for _cycle in range(3):
         proc, events, reader = _run(out, steps, resume=resume)
         deadline = time.time() + 120
         while not any(e["kind"] == "checkpoint" for e in events[-50:]) and proc.poll() is None:

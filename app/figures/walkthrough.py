@@ -190,7 +190,7 @@ def pick_steps(top: Sequence[dict], picks: Sequence[dict], steps: Sequence[dict]
                    hovertemplate="%{x}<br>p = %{y:.5f}<extra></extra>", name="p")]
     ids = [t["id"] for t in top]
     marks = []
-    for r, p in enumerate(picks):
+    for p in picks:
         kept = set(p["kept_ids"])
         keep = [k for k, i in enumerate(ids) if i in kept]
         traces.append(dict(type="scatter", mode="markers", x=[x[k] for k in keep], y=[names[p["name"]]] * len(keep),

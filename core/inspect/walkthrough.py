@@ -107,10 +107,10 @@ def code_snippets() -> dict[str, str]:
                      + "\n# MLP.forward\n" + _lines(_mlp_forward(), "return self.dropout"),
         "stack": "# core/model.py, GPT.forward and GPT.unembed (the logit lens)\n"
                  + _lines(GPT.forward, "for i, block in enumerate(self.transformer.h)", "x, _ = block(")
-                 + "\n" + _lines(GPT.unembed, "return _linear(self.lm_head, self.transformer.ln_f(resid)"),
+                 + "\n" + _lines(GPT.unembed, "return fastpath.linear(self.lm_head, self.transformer.ln_f(resid)"),
         "output": "# core/model.py: the output head is the token embedding, reused\n"
                   + _lines(GPT.__init__, "self.lm_head = nn.Linear", "self.lm_head.weight = ") + "\n"
-                  + _lines(GPT.forward, "x = self.transformer.ln_f(x)", "logits = _linear(self.lm_head")
+                  + _lines(GPT.forward, "x = self.transformer.ln_f(x)", "logits = fastpath.linear(self.lm_head")
                   + "\nprobs = F.softmax(logits[0, -1], dim=-1)  # (V,): sums to 1",
         "pick": "# core/generate.py\n" + _body(G._top_k) + "\n\n" + _body(G._top_p) + "\n\n" + _body(G.pick),
         "learn": "# core/data.py: the target is the input shifted by one token\n"
