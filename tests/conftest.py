@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -11,6 +12,8 @@ import torch
 
 # gradio_client reports analytics unless told not to: tests talk to 127.0.0.1 only.
 os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
+# measured speed choices (core.machine) go to a fresh folder per test session, never ~/.cache
+os.environ.setdefault("GLASSBOX_CACHE_DIR", tempfile.mkdtemp(prefix="glassbox-test-cache-"))
 
 ROOT = Path(__file__).resolve().parents[1]
 SHAKESPEARE = ROOT.parent / "shared" / "data" / "tinyshakespeare.txt"
