@@ -49,7 +49,7 @@ class EmbeddingCache:
 
     def __init__(self, size: int = 4):
         self.size = size
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # export() prunes under it and asks export_dir, which takes it too
         self._vocab: OrderedDict[str, tuple[weakref.ref, emb.VocabView]] = OrderedDict()
         self._runs: OrderedDict[tuple, tuple] = OrderedDict()
         self._export_dir: Path | None = None
