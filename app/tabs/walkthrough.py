@@ -72,7 +72,7 @@ EXPLORE_JS = """(stage, text, query) => {
   if (tab(name)) tab(name).click();
   const fill = () => {
     if (!textSel) return;
-    until(() => box(textSel) && box(textSel).offsetParent !== null, () => {
+    until(() => box(textSel), () => {
       const same = box(textSel).value === String(text);
       const before = doneSel && document.querySelector(doneSel) ? document.querySelector(doneSel).textContent : '';
       if (!same) put(box(textSel), text, textSel === '#emb-text');
