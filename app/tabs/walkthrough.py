@@ -72,7 +72,7 @@ EXPLORE_JS = """(stage, text, query) => {
   if (tab(name)) tab(name).click();
   const fill = () => {
     if (!textSel) return;
-    until(() => box(textSel) && box(textSel).offsetParent !== null, () => {
+    until(() => box(textSel), () => {
       const same = box(textSel).value === String(text);
       const before = doneSel && document.querySelector(doneSel) ? document.querySelector(doneSel).textContent : '';
       if (!same) put(box(textSel), text, textSel === '#emb-text');
@@ -182,8 +182,8 @@ def build(ctx, model_picker: gr.Dropdown) -> None:
                 "**Back** or the ← → keys; click a stage on the rail to jump. Every number comes from the model in "
                 "the picker above — try it again on a model you trained.")
     with gr.Row(equal_height=False):
-        text = gr.Textbox(DEFAULT_TEXT, lines=2, max_lines=6, max_length=W.MAX_TEXT_CHARS, label="Text", scale=5,
-                          elem_id="wt-text")
+        text = gr.Textbox(DEFAULT_TEXT, lines=2, max_lines=6, max_length=W.MAX_TEXT_CHARS, label="Text to walk through",
+                          scale=5, elem_id="wt-text")
         query = gr.Number(-1, precision=None, label="Token to follow (−1 = the last)", scale=1, min_width=150,
                           elem_id="wt-query")
         run = gr.Button("Walk through", variant="primary", scale=0, min_width=140, elem_id="wt-run")
