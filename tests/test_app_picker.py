@@ -28,6 +28,7 @@ def test_an_upload_stays_in_its_visitors_picker_after_a_training_run(tmp_path, t
         page = visitor.new_page()
         page.set_default_timeout(WAIT)
         page.goto(url)
+        page.get_by_role("tab", name="Model").click()  # the Walkthrough tab opens first
         page.get_by_text("Load another model").click()
         box = page.locator(".block", has=page.get_by_text("Checkpoint files", exact=True)).last
         files = [tiny_bpe_ckpt / n for n in ("model.safetensors", "config.json", "tokenizer.json")]

@@ -272,7 +272,7 @@ def test_a_million_characters_is_refused_by_every_text_endpoint(env):
     app_error(env, r"text is 1,000,000 characters; the limit is 20,000", K, big, "tokens", api="/tokenize")
     app_error(env, r"the search is 1,000,000 characters; the limit is 100", K, "2D", big, api="/embeddings")
     app_error(env, r"text is 1,000,000 characters; the limit is 50,000", K, big, *ATTN_REST, api="/attention")
-    app_error(env, r"the prompt has 1,000,000 characters; the limit is 2,000", K, big, GREEDY, 4, 0, False,
+    app_error(env, r"the prompt is 1,000,000 characters; the limit is 2,000", K, big, GREEDY, 4, 0, False,
               api="/decode")
     still_serving(env)
 
