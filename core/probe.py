@@ -3,7 +3,8 @@
 Owns: the candidates for a CPU training step (forward/backward dtype × attention kernel ×
 the dtype of Muon's orthogonalisation), `probe_cpu` (times whole training steps of a
 throwaway model on each and answers the fastest, the plain path unless a trick is clearly
-faster), `choose_path` (explicit settings win; a resumed run keeps the path it was saved
+faster; where float32 orthogonalisation wins, times its Gram form against it on the model's
+matrix shapes, since that saving is too small to show in a whole step's noise), `choose_path` (explicit settings win; a resumed run keeps the path it was saved
 with; a CPU run takes the cached answer for this machine and shape, or probes now), and the
 one-line summary the CLI and the Train tab show. Does not own: the cache itself
 (`core.machine.cached_choice`), autocast and SDPA pinning (`core.device`), the optimizers
@@ -24,7 +25,7 @@ import torch
 from .config import GPTConfig, TrainConfig, lr_at
 from .device import SDPA_BACKENDS, autocast, pick_dtype
 from .machine import bf16_matmul_ratio, cached_choice
-from .optim import ORTHO_DTYPES, build_optimizers
+from .optim import ORTHO_DTYPES, build_optimizers, orthogonalise
 
 # (dtype, SDPA backend) of the forward/backward; None is torch's own kernel choice
 CPU_CANDIDATES = (("float32", None), ("float32", "math"), ("bfloat16", "math"), ("bfloat16", "flash"))
@@ -33,7 +34,8 @@ CLEARLY_FASTER = 1.1  # a trick must beat the plain path by this factor to be ch
 BF16_SLOW_RATIO = 2.0  # bf16 matmul this many times slower than fp32: bf16 candidates are skipped
 PROBE_BUDGET_S = 2.0
 ASSUMED_FLOPS = 50e9  # a generous CPU's FLOP/s: a model whose steps would blow the budget even there is not probed
-PROBE_VERSION = 2  # part of the cache key: a changed probe measures again
+PROBE_VERSION = 3  # part of the cache key: a changed probe measures again
+GRAM_TOLERANCE = 1e-4  # the Gram form must give the float32 iteration's numbers to this (relative to its largest)
 
 
 def _key(dtype: str, sdpa: str | None, ortho: str | None) -> str:
@@ -74,6 +76,35 @@ def _bf16_ratio_at(rows: int, width: int) -> float:
     return best[torch.bfloat16] / max(best[torch.float32], 1e-9)
 
 
+def _ortho_form(shapes: list[tuple[int, int]], group: dict, budget_s: float) -> tuple[str, dict]:
+    """'gram' where the Gram form of Muon's float32 orthogonalisation is ≥ CLEARLY_FASTER× the
+    plain iteration on this model's matrix shapes and gives its numbers; else 'float32'.
+
+    Times both over every shape (random matrices, a fixed seed), alternated, best of three."""
+    args = (group["ns_coefficients"], group["ns_steps"], group["eps"])
+    g = torch.Generator().manual_seed(0)
+    mats = [torch.randn(*s, generator=g) for s in shapes]
+    best = {"float32": math.inf, "gram": math.inf}
+    t_begin = time.perf_counter()
+    for i in range(4):  # the first round warms up and compares
+        for form in best:
+            t0 = time.perf_counter()
+            outs = [orthogonalise(m, *args, form) for m in mats]
+            if i:
+                best[form] = min(best[form], time.perf_counter() - t0)
+            elif form == "float32":
+                ref = outs
+            else:
+                err = max(float((o - r).abs().max() / r.abs().max().clamp(min=1e-12)) for o, r in zip(outs, ref))
+                if not err <= GRAM_TOLERANCE:
+                    return "float32", {"gram": f"skipped: differs from the float32 iteration by {err:.1e}"}
+        if time.perf_counter() - t_begin > budget_s:
+            break
+    timings = {f"ortho {form}": round(t, 5) for form, t in best.items()}
+    faster = best["float32"] / max(best["gram"], 1e-9) >= CLEARLY_FASTER
+    return ("gram" if faster else "float32"), timings
+
+
 def probe_cpu(model_config: GPTConfig, train_config: TrainConfig, batch_size: int, *,
               budget_s: float = PROBE_BUDGET_S, sdpa: str | None = None, ortho: str | None = None,
               bf16_ratio: float | None = None) -> dict:
@@ -108,6 +139,7 @@ def probe_cpu(model_config: GPTConfig, train_config: TrainConfig, batch_size: in
         torch.manual_seed(0)
         model = GPT(model_config)
         opts = build_optimizers(model, train_config)
+        hidden = [p for opt in opts if hasattr(opt, "ortho_dtype") for p in opt.param_groups[0]["params"]]
         for g in (g for opt in opts for g in opt.param_groups):
             g["lr"] = lr_at(0, train_config)
         idx = torch.randint(0, model_config.vocab_size, (batch_size, model_config.block_size))
@@ -157,13 +189,18 @@ def probe_cpu(model_config: GPTConfig, train_config: TrainConfig, batch_size: in
         if best[plain] / best[fastest] >= CLEARLY_FASTER:
             choice = fastest
     d, k, o = choice
+    if o == "float32" and ortho is None and hidden and time.perf_counter() - t_begin < budget_s:
+        group = next(opt for opt in opts if hasattr(opt, "ortho_dtype")).param_groups[0]
+        o, ortho_timings = _ortho_form(sorted({tuple(p.shape) for p in hidden}), group,
+                                       budget_s - (time.perf_counter() - t_begin))
+        timings.update(ortho_timings)
     return {"dtype": d, "sdpa": k, "ortho": o or PLAIN["ortho"], "timings": timings,
             "probe_s": round(time.perf_counter() - t_begin, 3)}
 
 
 def summary(dtype: str, sdpa: str | None, ortho: str | None, optimizer: str) -> str:
     """'fp32 · Muon (fp32 orthogonalisation) · math attention' and the like."""
-    short = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}
+    short = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16", "gram": "fp32 Gram"}
     opt = f"Muon ({short.get(ortho, ortho)} orthogonalisation)" if optimizer == "muon" else "AdamW"
     attn = f"{sdpa} attention" if sdpa else "default attention"
     dt = short.get(dtype, dtype) if dtype == "float32" else f"{short.get(dtype, dtype)} autocast"

@@ -6,7 +6,7 @@ from torch.optim._muon import _zeropower_via_newtonschulz as torch_newtonschulz
 
 from core.config import TrainConfig, preset
 from core.model import GPT
-from core.optim import Muon, build_optimizers, zeropower_newtonschulz
+from core.optim import Muon, build_optimizers, zeropower_gram, zeropower_newtonschulz
 
 COEFFS = (3.4445, -4.7750, 2.0315)
 SHAPES = [(96, 32), (32, 32), (32, 128)]  # tall, square, wide: the transposed branch both ways
@@ -48,6 +48,36 @@ def test_fp32_newtonschulz_is_torchs_iteration_without_the_bf16_rounding(shape):
     assert float((ours.double() - exact).norm() / exact.norm()) < 1e-5
     assert float((theirs.double() - exact).norm() / exact.norm()) < 0.05
     assert float((ours - theirs).norm() / ours.norm()) < 0.05
+
+
+@pytest.mark.parametrize("shape", [*SHAPES, (7, 300), (300, 7)])
+def test_gram_form_gives_the_fp32_iteration_to_float_rounding(shape):
+    grad = torch.randn(*shape, generator=torch.Generator().manual_seed(4))
+    gram = zeropower_gram(grad, COEFFS, 5, 1e-7)
+    exact = zeropower_newtonschulz(grad.double(), COEFFS, 5, 1e-7, torch.float64)
+    assert gram.dtype == torch.float32 and gram.shape == grad.shape
+    assert float((gram.double() - exact).norm() / exact.norm()) < 1e-5
+    assert torch.equal(grad, torch.randn(*shape, generator=torch.Generator().manual_seed(4)))  # input untouched
+
+
+def test_gram_form_handles_a_zero_and_a_rank_one_gradient():
+    zero = zeropower_gram(torch.zeros(8, 32), COEFFS, 5, 1e-7)
+    assert torch.equal(zero, torch.zeros(8, 32))
+    u, v = torch.randn(8, 1), torch.randn(1, 32)
+    rank1 = zeropower_gram(u @ v, COEFFS, 5, 1e-7)
+    exact = zeropower_newtonschulz((u @ v).double(), COEFFS, 5, 1e-7, torch.float64)
+    fp32 = zeropower_newtonschulz(u @ v, COEFFS, 5, 1e-7, torch.float32)
+    # a rank-one matrix's one singular value is amplified by every step: both fp32 forms lose a little
+    assert torch.isfinite(rank1).all() and float((rank1.double() - exact).norm() / exact.norm()) < 1e-4
+    assert float((fp32.double() - exact).norm() / exact.norm()) < 1e-4
+
+
+def test_gram_muon_steps_equal_fp32_muon_steps_to_float_rounding():
+    gram, _ = _run(lambda p: Muon(p, ortho_dtype="gram", **KW))
+    fp32, _ = _run(lambda p: Muon(p, ortho_dtype="float32", **KW))
+    start = [p.detach() for p in _params()]
+    for a, b, p0 in zip(gram, fp32, start):
+        assert float(((a - p0) - (b - p0)).norm() / (b - p0).norm()) < 1e-4
 
 
 def test_fp32_muon_steps_follow_torchs_muon():
