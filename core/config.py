@@ -153,9 +153,9 @@ PRESETS: dict[str, dict[str, Any]] = {
 
 # Training settings that go with the 'workshop' model: char-level Tiny Shakespeare, Muon at the
 # recipe's learning rate, a short warm-up, and evals with samples often enough to watch it learn.
-WORKSHOP_TRAIN: dict[str, Any] = dict(steps=300, batch_size=16, lr=6e-3, warmup_steps=20, optimizer="muon",
-                                      eval_interval=100, eval_batches=10, sample_tokens=200,
-                                      sample_prompt="ROMEO:", ckpt_interval=100)
+WORKSHOP_TRAIN: dict[str, Any] = dict(steps=1200, batch_size=16, lr=6e-3, warmup_steps=20, optimizer="muon",
+                                      eval_interval=200, eval_batches=10, sample_tokens=200,
+                                      sample_prompt="ROMEO:", ckpt_interval=200)
 
 
 def preset(name: str, **overrides: Any) -> GPTConfig:
