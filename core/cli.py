@@ -35,7 +35,7 @@ SPEC_FLAGS = ("corpus", "text_file", "tokenizer", "vocab_size", "val_fraction", 
               "n_embd", "block_size", "dropout", "steps", "batch_size", "lr", "min_lr", "warmup", "weight_decay",
               "beta2", "grad_clip", "optimizer", "grad_accum", "eval_interval", "eval_batches", "ckpt_interval",
               "sample_interval", "sample_prompt", "sample_tokens", "log_interval", "seed", "device", "dtype", "sdpa",
-              "compile", "compile_mode", "threads", "out", "resume")
+              "compile", "compile_mode", "threads", "out", "resume", "snapshots")
 WITH_SPEC = ("spec", "json", "resume")  # what may go with --spec
 
 
@@ -45,7 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m core.train",
         description="Train a small GPT and write a checkpoint folder (OUT/latest and OUT/best).",
         epilog="Events: with --json, one JSON object per line (keys 'kind' and 'step'; kinds prepare, start, step, "
-               "eval, sample, checkpoint, done, stopped, failed), flushed. SIGTERM or SIGINT stops within one step, "
+               "eval, sample, checkpoint, snapshot, done, stopped, failed), flushed. SIGTERM or SIGINT stops within "
+               "one step, "
                "saves OUT/latest (resumable with --resume), prints a 'stopped' event and exits 0. Exit codes: 0 "
                "done/stopped, 1 failed while training, 2 bad arguments or data. Distributed: torchrun "
                "--nproc_per_node=N -m core.train ... (gloo on CPU, nccl on GPU; rank 0 logs and saves). "
@@ -104,6 +105,8 @@ def build_parser() -> argparse.ArgumentParser:
     o = p.add_argument_group("output")
     o.add_argument("--out", help="run folder: latest/ and best/ checkpoints go here (required without --spec)")
     o.add_argument("--resume", action="store_true", help="continue from OUT/latest exactly where it stopped")
+    o.add_argument("--snapshots", type=int, default=D.snapshots,
+                   help="weight-only snapshots over the run, dense early, in OUT/snapshots/step-N (0: none)")
     o.add_argument("--export", help="after training, copy the best checkpoint (without training state) here")
     o.add_argument("--json", action="store_true", help="print one JSON object per event and line")
     o.add_argument("--spec", metavar="RUN.json",

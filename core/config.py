@@ -206,6 +206,7 @@ class TrainConfig:
     compile: bool = False
     threads: int = 0  # 0: leave torch's default
     grad_accum: int = 1
+    snapshots: int = 0  # weight-only snapshots over the run (core.snapshots); 0: none
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -222,6 +223,7 @@ class TrainConfig:
             ("seed", 0, 2**63 - 1),
             ("threads", 0, 4096),
             ("grad_accum", 1, 65_536),
+            ("snapshots", 0, 10_000),
         ):
             _check_int(name, getattr(self, name), lo, hi)
         for name, lo, hi in (

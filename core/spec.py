@@ -26,6 +26,7 @@ from typing import Any
 
 from .config import PRESETS, RECIPE, GPTConfig, TrainConfig
 from .data import CORPUS_CHOICES, validate_text
+from .snapshots import MAX_SNAPSHOTS
 from .tokenizer import MAX_VOCAB_SIZE, MIN_BPE_VOCAB_SIZE
 
 SPEC_VERSION = 1
@@ -48,18 +49,18 @@ RANGES: dict[str, tuple[float, float]] = {
     "warmup": (0, 10_000_000), "weight_decay": (0.0, 10.0), "beta2": (0.0, 1.0), "grad_clip": (0.0, 1e6),
     "grad_accum": (1, 65_536), "eval_interval": (0, 10_000_000), "eval_batches": (1, 100_000),
     "ckpt_interval": (0, 10_000_000), "sample_interval": (0, 10_000_000), "sample_tokens": (0, 100_000),
-    "log_interval": (1, 10_000_000), "seed": (0, 2**63 - 1), "threads": (0, 4096),
+    "log_interval": (1, 10_000_000), "seed": (0, 2**63 - 1), "threads": (0, 4096), "snapshots": (0, MAX_SNAPSHOTS),
     **{k: (1, 1_000_000) for k in MODEL_SIZES},
 }
 INTS = {"vocab_size", "steps", "batch_size", "warmup", "grad_accum", "eval_interval", "eval_batches", "ckpt_interval",
-        "sample_interval", "sample_tokens", "log_interval", "seed", "threads", *MODEL_SIZES}
+        "sample_interval", "sample_tokens", "log_interval", "seed", "threads", "snapshots", *MODEL_SIZES}
 
 # The web server's limits: what /train_start accepts and the Train tab's sliders offer.
 SERVER_LIMITS: dict[str, tuple[float, float]] = {
     "vocab_size": (257, 8192), "n_layer": (1, 12), "n_head": (1, 16), "n_embd": (8, 1024), "block_size": (8, 1024),
     "steps": (1, 100_000), "batch_size": (1, 256), "lr": (1e-6, 1.0), "warmup": (0, 100_000),
     "weight_decay": (0.0, 1.0), "dropout": (0.0, 0.9), "seed": (0, 2**31 - 1), "eval_interval": (0, 100_000),
-    "eval_batches": (1, 200),
+    "eval_batches": (1, 200), "snapshots": (0, 48),
 }
 SERVER_DEVICES = ("auto", "cpu", "cuda")
 MAX_PASTED_CHARS = 1_000_000  # pasted text; bigger corpora come as files
@@ -151,6 +152,7 @@ class RunSpec:
     sample_tokens: int = _TRAIN.sample_tokens
     log_interval: int = 10
     seed: int = _TRAIN.seed
+    snapshots: int = 0  # weight-only snapshots over the run, dense early (core.snapshots); 0: none
     # speed
     device: str = "auto"
     dtype: str = "auto"
@@ -228,7 +230,8 @@ class RunSpec:
             weight_decay=self.weight_decay, beta2=self.beta2, grad_clip=self.grad_clip, optimizer=self.optimizer,
             grad_accum=self.grad_accum, eval_interval=self.eval_interval, eval_batches=self.eval_batches,
             ckpt_interval=self.ckpt_interval, sample_interval=self.sample_interval, sample_prompt=self.sample_prompt,
-            sample_tokens=self.sample_tokens, log_interval=self.log_interval, seed=self.seed, device=self.device,
+            sample_tokens=self.sample_tokens, log_interval=self.log_interval, seed=self.seed, snapshots=self.snapshots,
+            device=self.device,
             dtype=self.dtype, compile=self.compile, threads=self.threads,
             extra={"sdpa": self.sdpa, **({"compile_mode": self.compile_mode} if self.compile_mode else {})})
 

@@ -17,9 +17,9 @@ of memory, bad data, a disk that is full or read-only: said in words, without pa
 
 The trainer never prints: it calls `on_event(event)` with a dict whose `kind` is one of
 prepare (with a `stage`, before the start) / start / step / eval / sample / checkpoint /
-done / stopped / failed; the CLI, the app's job manager and the benchmarks decide what to
-show. Does not own: corpora and batches
-(`core.data`), the file format (`core.checkpoint`).
+snapshot / done / stopped / failed; the CLI, the app's job manager and the benchmarks decide
+what to show. Does not own: corpora and batches (`core.data`), the file format
+(`core.checkpoint`), the snapshot schedule (`core.snapshots`).
 """
 
 from __future__ import annotations
@@ -49,6 +49,7 @@ from .probe import choose_path
 from .resume import flatten_optim as _flatten_optim
 from .resume import resumable
 from .resume import unflatten_optim as _unflatten_optim
+from .snapshots import Snapshots
 from .spec import RunSpec
 from .tokenizer import Tokenizer
 
@@ -84,10 +85,6 @@ class SaveFailed(Exception):
 # 400 steps to pass nanoGPT's final loss; 16 balances the two).
 GLASSBOX_CPU_RECIPE: dict = dict(RECIPE)  # batch 16, lr 6e-3, warmup 50, wd 0.1, beta2 0.99, clip 1.0, muon
 GLASSBOX_CPU_MODEL: dict = {}
-
-
-# --------------------------------------------------------------------------------------
-# Optimizer state as safetensors + JSON
 
 
 # --------------------------------------------------------------------------------------
@@ -360,6 +357,8 @@ class Trainer:
         last_good = str(self.resume_from) if self.resume_from is not None else None
         good_step = self.step if self.resume_from is not None else None  # of the last `latest/` saved
         try:
+            self.snaps = Snapshots.for_trainer(self)
+            self.snaps and self.snaps.save_if_due(self)  # step 0 (a resumed run: only if still due)
             while self.step < cfg.steps:
                 if self._should_stop():
                     path = self.save("latest")
@@ -403,6 +402,7 @@ class Trainer:
                 if (cfg.ckpt_interval and self.step % cfg.ckpt_interval == 0) or is_last:
                     path = self.save("latest")
                     last_good, good_step = (str(path), self.step) if path else (last_good, good_step)
+                self.snaps and self.snaps.save_if_due(self)
             extra = {"replicas_identical": self._replicas_identical()} if self.dist.enabled else {}
             return self._final("done", path=str(self.out_dir / "latest") if self.out_dir else None, **extra)
         except SaveFailed as e:

@@ -8,6 +8,7 @@ entry, the rescans of the runs and uploads folders, the table of models added at
     bundled:demo            the demo model shipped in assets/demo
     run:<run>/<name>        a checkpoint under the runs dir (rescanned on every listing,
                             so a run trained after start-up appears without a restart)
+    run:<run>/step-<N>      a run's snapshot at step N (runs/<run>/snapshots/step-<N>)
     upload:<id>             safetensors files a user uploaded (copied into the uploads dir)
     path:/abs/folder        a Glassbox or GPT-2-layout folder a user typed
     hub:<repo>              a GPT-2-layout model from the Hugging Face Hub
@@ -25,7 +26,7 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-from core import checkpoint
+from core import checkpoint, snapshots
 from core.checkpoint import MODEL_FILE
 
 BUNDLED_KEY = "bundled:demo"
@@ -154,10 +155,14 @@ class KeySources:
         parts = rel.split("/")
         if not 1 <= len(parts) <= 2 or any(not p or p.startswith(".") or p in ("..", ".") for p in parts):
             return None
+        if len(parts) == 2 and snapshots.STEP_NAME.match(parts[1]):  # a snapshot: kept apart from latest/ best/
+            return ModelEntry(f"run:{rel}", f"run: {rel}", "run", self.runs_dir / parts[0] / snapshots.SNAPSHOTS_DIR
+                              / parts[1])
         return ModelEntry(f"run:{rel}", f"run: {rel}", "run", self.runs_dir.joinpath(*parts))
 
     def scan_runs(self) -> list[ModelEntry]:
-        """runs/<run> and runs/<run>/<name> folders that hold a checkpoint; newest run first."""
+        """runs/<run> and runs/<run>/<name> folders that hold a checkpoint, then the run's snapshots
+        by step; newest run first."""
         found = []
         try:
             runs = [d for d in self.runs_dir.iterdir() if d.is_dir() and not d.name.startswith(".")]
@@ -174,7 +179,8 @@ class KeySources:
             except OSError:  # a run folder removed while we look
                 continue
             subs.sort(key=lambda s: (order.get(s.name, 2), s.name))
-            found += [f"{run.name}/{s.name}" for s in subs]
+            found += [f"{run.name}/{s.name}" for s in subs if not snapshots.STEP_NAME.match(s.name)]
+            found += [f"{run.name}/step-{step}" for step, _ in snapshots.listing(run)]
         return [e for e in (self.run_entry(rel) for rel in found) if e is not None]
 
     def upload_entry(self, folder: Path) -> ModelEntry:
