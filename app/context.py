@@ -27,6 +27,7 @@ from app.catalog import ModelCatalog
 from app.jobs import JobManager
 from app.tabs.attention import InductionCache
 from app.tabs.embeddings import EmbeddingCache
+from app.tabs.timeline import TimelineCache
 from app.ui import ModelPicker
 from core.tokenizer import Tokenizer
 
@@ -67,6 +68,7 @@ class AppContext:
     gpt2_tokenizer: Found[Tokenizer] = field(default_factory=Found)  # app.tabs.tokens: once found or fetched
     embeddings: EmbeddingCache = field(default_factory=EmbeddingCache)  # app.tabs.embeddings: vocabulary views
     induction: InductionCache = field(default_factory=InductionCache)  # app.tabs.attention: induction scores
+    timelines: TimelineCache = field(default_factory=TimelineCache)  # app.tabs.timeline: runs' timelines
     picker: ModelPicker = field(init=False)  # app.ui: the one writer of the shared model picker
 
     def __post_init__(self) -> None:

@@ -4,8 +4,8 @@ Owns: the page's frame, the shared model picker (`ModelPicker`: the one writer o
 choices, always for the visitor's own session, so their uploads and folders stay listed; a
 rescan on ↻ and on every page load, so new runs appear), the `/models` API endpoint, and
 the options passed to `launch()` (Gradio 6 takes theme and CSS there, not in `gr.Blocks`).
-Each tab lives in `app/tabs/<name>.py` with `TITLE` and `build(ctx, model_picker)`; adding a
-tab is one line in `TABS`. The picker's value is per browser session (a component value,
+Each tab lives in `app/tabs/<name>.py` with `TITLE` and `build(ctx, model_picker)` (which may
+return the event that fills the tab when it is opened); adding a tab is one line in `TABS`. The picker's value is per browser session (a component value,
 never a global).
 Does not own: any tab's content, the models (`ctx.catalog`).
 """
@@ -31,6 +31,7 @@ TABS = (
     "walkthrough",
     "model",
     "train",
+    "timeline",
     "tokens",
     "embeddings",
     "attention",
@@ -98,8 +99,10 @@ def build_app(ctx: AppContext) -> gr.Blocks:
         with gr.Tabs():
             for name in TABS:
                 tab = importlib.import_module(f"app.tabs.{name}")
-                with gr.Tab(tab.TITLE, id=name):
-                    tab.build(ctx, picker)
+                with gr.Tab(tab.TITLE, id=name) as tab_block:
+                    on_open = tab.build(ctx, picker)
+                if on_open is not None:  # a tab that fills itself when opened (the Timeline)
+                    tab_block.select(**on_open)
 
         refresh_btn.click(refresh, picker, [picker, notice], api_visibility="private")
         demo.load(refresh, picker, [picker, notice], api_visibility="private")

@@ -36,8 +36,9 @@ from core import decoding as D
 from core.beam import MAX_BEAMS
 from core.inspect import attention as A
 from core.inspect import embeddings as E
+from core.inspect import timeline as TL
 from core.inspect import tokens as T
-from core.spec import MAX_PASTED_CHARS, SERVER_LIMITS
+from core.spec import MAX_PASTED_CHARS, SERVER_LIMITS, check_name
 
 log = logging.getLogger(__name__)
 
@@ -279,6 +280,7 @@ ENDPOINTS: dict[str, tuple[Input, ...]] = {
                    ("trace", lambda v: flag("trace", v))),
     "train_status": _ins(("job", run_name)),
     "train_stop": _ins(("job", run_name)),
+    "timeline": _ins(("run", lambda v: check_name(run_name(v))), ("text", lambda v: text("text", v, TL.MAX_TEXT_CHARS))),
 }
 
 
@@ -297,7 +299,7 @@ def _train_inputs() -> tuple[Input, ...]:
 
     order = ("corpus", "text", "tokenizer", "vocab_size", "n_layer", "n_head", "n_embd", "block_size", "steps",
              "batch_size", "lr", "warmup", "weight_decay", "dropout", "optimizer", "seed", "device", "name",
-             "eval_interval", "eval_batches")
+             "eval_interval", "eval_batches", "snapshots")
     checks = {"text": lambda v: text("the pasted text", v, MAX_PASTED_CHARS), "name": run_name}
     return tuple(Input(n, checks.get(n) or (num(n) if n in lim else word(n))) for n in order)
 

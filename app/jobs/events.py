@@ -1,7 +1,7 @@
 """A run's events: the one JSONL reader, and folding a run's events into its status.
 
 Events are the trainer's dicts (`core.train`: prepare, start, step, eval, sample, checkpoint,
-done, stopped, failed), one JSON object per line on the child's stdout and in
+snapshot, done, stopped, failed), one JSON object per line on the child's stdout and in
 `runs/<name>/events.jsonl`. Owns: reading a line, a file or a growing file of them, and
 `fold`, which turns a run's events into the status dict's history keys.
 Does not own: the job table or the run's state (`app.jobs.manager`).
@@ -81,7 +81,7 @@ def fold(events: list[dict]) -> dict:
     evals: dict[int, tuple] = {}
     last_step: dict = {}
     start: dict = {}
-    sample, stage, failure, checkpoints = "", None, None, []
+    sample, stage, failure, checkpoints, snapshots = "", None, None, [], []
     for ev in events:
         kind = ev.get("kind")
         if kind == "step":
@@ -99,6 +99,8 @@ def fold(events: list[dict]) -> dict:
         elif kind == "checkpoint":
             if ev.get("name") and ev.get("name") not in checkpoints:
                 checkpoints.append(ev.get("name"))
+        elif kind == "snapshot" and ev.get("step") not in snapshots:
+            snapshots.append(ev.get("step"))
         elif kind == "failed" and failure is None:
             failure = ev.get("reason")
     last_eval = evals[max(evals)] if evals else (None, None)
@@ -125,6 +127,7 @@ def fold(events: list[dict]) -> dict:
         "evals": [[s, *evals[s]] for s in sorted(evals)],
         "sample": sample,
         "checkpoints": checkpoints,
+        "snapshots": snapshots,  # their steps (core.snapshots), for the Timeline tab
         "failure": failure,
         "events": len(events),
     }

@@ -25,9 +25,17 @@ FORM: dict[str, Any] = {
     "dropout": 0.0, "optimizer": _D.optimizer, "seed": _D.seed, "device": _D.device,
     "eval_interval": 0,  # 0: about ten evaluations (and checkpoints) per run
     "eval_batches": _D.eval_batches, "sample_prompt": _D.sample_prompt, "name": "",
+    "snapshots": 12,  # on by default: the Timeline tab shows them (about 0.3% of a nano run's time: bench/timeline.py)
 }
 NUMBERS = ("vocab_size", *MODEL_SIZES, "steps", "batch_size", "lr", "warmup", "weight_decay", "dropout", "seed",
-           "eval_interval", "eval_batches")
+           "eval_interval", "eval_batches", "snapshots")
+# "Watch an induction head form": the form's values for a run whose timeline shows one head's induction
+# score jump from ~0.05 to above 0.5 while the loss drops (measured: README, Timeline tab; bench/timeline.py).
+INDUCTION_PRESET: dict[str, Any] = {
+    "corpus": "induction", "tokenizer": "char", "n_layer": 2, "n_head": 4, "n_embd": 64, "block_size": 64,
+    "steps": 1500, "batch_size": 32, "lr": 6e-3, "warmup": 20, "weight_decay": 0.1, "dropout": 0.0,
+    "optimizer": "muon", "snapshots": 24,
+}
 
 
 def max_train_bytes() -> int:

@@ -25,6 +25,7 @@ import gradio as gr
 
 from app.figures import train as figures
 from app.jobs import FORM, LIMITS, MAX_PASTED_CHARS
+from app.jobs.form import INDUCTION_PRESET
 from app.tabs import fmt_bytes, fmt_int, md_escape, user_errors
 from app.validate import boundary
 from core.config import PRESETS, GPTConfig
@@ -144,12 +145,14 @@ def build(ctx, model_picker: gr.Dropdown) -> None:
     zip_dir = Path(tempfile.gettempdir()) / "glassbox-downloads"
 
     def settings_from(corpus, text, tokenizer, vocab_size, preset, n_layer, n_head, n_embd, block_size, steps,
-                      batch_size, lr, warmup, weight_decay, dropout, optimizer, seed, device, name, **extra):
+                      batch_size, lr, warmup, weight_decay, dropout, optimizer, seed, device, name,
+                      snapshots=D.snapshots, **extra):
         """The form's values by name: the job manager makes them a RunSpec (`app.jobs.form`)."""
         return dict(corpus=corpus, text=text or "", tokenizer=tokenizer, vocab_size=vocab_size,
                     preset=preset or "custom", n_layer=n_layer, n_head=n_head, n_embd=n_embd, block_size=block_size,
                     steps=steps, batch_size=batch_size, lr=lr, warmup=warmup, weight_decay=weight_decay,
-                    dropout=dropout, optimizer=optimizer, seed=seed, device=device, name=name or "", **extra)
+                    dropout=dropout, optimizer=optimizer, seed=seed, device=device, name=name or "",
+                    snapshots=snapshots, **extra)
 
     # ---- API -------------------------------------------------------------------------------
     def train_start(corpus: str = D.corpus, text: str = "", tokenizer: str = D.tokenizer,
@@ -158,13 +161,15 @@ def build(ctx, model_picker: gr.Dropdown) -> None:
                     block_size: int = D.block_size, steps: int = D.steps, batch_size: int = D.batch_size,
                     lr: float = D.lr, warmup: int = D.warmup, weight_decay: float = D.weight_decay,
                     dropout: float = D.dropout, optimizer: str = D.optimizer, seed: int = D.seed,
-                    device: str = D.device, name: str = "", eval_interval: int = 0, eval_batches: int = D.eval_batches
-                    ) -> dict:
+                    device: str = D.device, name: str = "", eval_interval: int = 0, eval_batches: int = D.eval_batches,
+                    snapshots: int = D.snapshots) -> dict:
         """Start a training run in the background; returns its status (`job` is its id). Corpus:
-        shakespeare, induction, arithmetic, counting, patterns, or text (then pass `text`)."""
+        shakespeare, induction, arithmetic, counting, patterns, or text (then pass `text`). `snapshots`:
+        weight-only snapshots over the run for the Timeline tab (0: none)."""
         return jobs.start(settings_from(corpus, text, tokenizer, vocab_size, "custom", n_layer, n_head, n_embd,
                                         block_size, steps, batch_size, lr, warmup, weight_decay, dropout, optimizer,
-                                        seed, device, name, eval_interval=eval_interval, eval_batches=eval_batches))
+                                        seed, device, name, snapshots, eval_interval=eval_interval,
+                                        eval_batches=eval_batches))
 
     def train_status(job: str = "") -> dict:
         """A run's state and history: state, step, total, losses [[step, loss]], evals
@@ -230,8 +235,12 @@ def build(ctx, model_picker: gr.Dropdown) -> None:
                     device = gr.Radio(["auto", "cpu", "cuda"], value=D.device, label="Device")
                 with gr.Row():
                     seed = gr.Number(D.seed, label="Seed", precision=0, minimum=0, maximum=lim["seed"][1])
+                    snapshots = gr.Slider(*lim["snapshots"], value=D.snapshots, step=1, label="Snapshots",
+                                          info="weights kept over the run, dense early: the Timeline tab scrubs them")
                     name = gr.Textbox(label="Run name (optional)", max_length=64, max_lines=1,
                                       placeholder="letters, digits, - and _")
+            induction_btn = gr.Button("Preset: watch an induction head form", size="sm",
+                                      elem_id="train-induction-preset")
             with gr.Row():
                 start_btn = gr.Button("Start training", variant="primary", min_width=120)
                 stop_btn = gr.Button("Stop", variant="stop", min_width=80)
@@ -338,9 +347,14 @@ def build(ctx, model_picker: gr.Dropdown) -> None:
     gr.on([c.change for c in est_inputs], api("train_estimate", estimate, notice=True), est_inputs, est,
           show_progress="hidden", **private)
     settings_in = [corpus, text, upload, tokenizer, vocab, preset, n_layer, n_head, n_embd, block, steps, batch, lr,
-                   warmup, wd, dropout, optimizer, seed, device, name]
+                   warmup, wd, dropout, optimizer, seed, device, name, snapshots]
     ctl = dict(concurrency_limit=2, concurrency_id="train_ctl", **private)
     start_btn.click(start, settings_in, [watch, seen], **ctl)
+    preset_fields = {"corpus": corpus, "tokenizer": tokenizer, "n_layer": n_layer, "n_head": n_head, "n_embd": n_embd,
+                     "block_size": block, "steps": steps, "batch_size": batch, "lr": lr, "warmup": warmup,
+                     "weight_decay": wd, "dropout": dropout, "optimizer": optimizer, "snapshots": snapshots}
+    induction_btn.click(lambda: ("custom", *(INDUCTION_PRESET[k] for k in preset_fields)), None,
+                        [preset, *preset_fields.values()], **private)
     stop_btn.click(stop, None, [watch, seen], **ctl)
     resume_btn.click(resume, [watch, steps], [watch, seen], **ctl)
     watch.input(lambda: REFRESH, None, seen, **private)

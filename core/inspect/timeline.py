@@ -30,7 +30,7 @@ import torch
 from core import checkpoint, snapshots
 from core.checkpoint import Checkpoint
 from core.inspect import attention as A
-from core.inspect.embeddings import align_checkpoints
+from core.inspect.embeddings import align_checkpoints, token_classes, token_labels
 
 MAX_TEXT_CHARS = 4000
 MAX_SNAPSHOTS = 64  # a timeline shows at most this many, evenly picked, the first and last kept
@@ -63,7 +63,10 @@ class Timeline:
     n_total: int             # tokens before truncation to the block size
     pool: int                # thumbnail cells per token side
     views: list[StepView]
-    embed: np.ndarray        # (n, V, 2) token embeddings, aligned across steps
+    embed: np.ndarray        # (n, V, 2) token embeddings, aligned onto the last snapshot's PCA
+    embed_classes: np.ndarray  # (V,) token classes (colours)
+    embed_disparity: list[float]  # each snapshot's distance to the last after alignment
+    embed_explained: list[float]  # the last snapshot's PCA: variance explained per axis
     vocab: list[str]         # token labels for `embed`
     history: list[list]      # [[step, training loss]] up to the last snapshot
     evals: list[list]        # [[step, train loss, val loss]]
@@ -172,15 +175,15 @@ def build(snaps: list[tuple[int, Checkpoint]], text: str, top_k: int = TOP_K) ->
     for step, ck in snaps:
         view, pool = step_view(step, ck, prep.ids, ck.meta or {}, exclude, top_k)
         views.append(view)
-    coords, _, _ = align_checkpoints([ck.model.transformer.wte.weight.detach() for _, ck in snaps], k=2)
-    tok = last.tokenizer
-    vocab = [tok.display(i) if tok is not None and i < tok.vocab_size else f"#{i}"
-             for i in range(last.config.vocab_size)]
+    coords, proj, disparity = align_checkpoints([ck.model.transformer.wte.weight.detach() for _, ck in snaps], k=2)
+    V = last.config.vocab_size
     meta = last.meta or {}
     history = [[h["step"], h.get("loss")] for h in meta.get("history", []) if isinstance(h, dict)]
     evals = [[e["step"], e.get("train_loss"), e.get("val_loss")] for e in meta.get("evals", []) if isinstance(e, dict)]
     return Timeline(steps=[s for s, _ in snaps], labels=prep.labels, n_total=prep.n_total, pool=pool, views=views,
-                    embed=coords, vocab=vocab, history=history, evals=evals)
+                    embed=coords, embed_classes=token_classes(last.tokenizer, V), embed_disparity=list(disparity),
+                    embed_explained=[float(x) for x in proj.explained], vocab=token_labels(last.tokenizer, V),
+                    history=history, evals=evals)
 
 
 def as_dict(tl: Timeline) -> list[dict]:
