@@ -133,6 +133,6 @@ def sample_label(v: StepView) -> str:
     return "Sample (none yet)" if v.sample_step is None else f"Sample from the fixed prompt at step {v.sample_step:,}"
 
 
-def mean_over(views: Sequence[StepView], key: str) -> list[float]:
+def best_head(views: Sequence[StepView], key: str) -> list[float]:
     """The best head's value of statistic `key` at each step (what a forming head lifts)."""
     return [float(np.nanmax(v.stats[key])) for v in views]

@@ -139,7 +139,7 @@ def _near(points: list, step: int) -> list | None:
 
 def step_view(step: int, ck: Checkpoint, ids: list[int], meta: dict, exclude: tuple[int, ...] = (),
               top_k: int = TOP_K) -> tuple[StepView, int]:
-    """The numbers of one snapshot (`meta`: its meta.json, for losses and samples)."""
+    """The numbers of one snapshot (`meta`: the run's latest meta.json, for the losses and samples near it)."""
     model = ck.model.eval()
     with torch.no_grad():
         stats, p, logits = step_stats(model, ids, exclude)
@@ -171,13 +171,13 @@ def build(snaps: list[tuple[int, Checkpoint]], text: str, top_k: int = TOP_K) ->
         raise ValueError("these snapshots are not of one model: their configs differ")
     prep = A.prepare_text(last.tokenizer, text, last.config.block_size, MAX_TEXT_CHARS)
     exclude = induction_exclude(last.tokenizer, last.config.vocab_size)
+    meta = last.meta or {}  # the last snapshot's history holds every earlier step's losses and samples
     views, pool = [], 1
     for step, ck in snaps:
-        view, pool = step_view(step, ck, prep.ids, ck.meta or {}, exclude, top_k)
+        view, pool = step_view(step, ck, prep.ids, meta, exclude, top_k)
         views.append(view)
     coords, proj, disparity = align_checkpoints([ck.model.transformer.wte.weight.detach() for _, ck in snaps], k=2)
     V = last.config.vocab_size
-    meta = last.meta or {}
     history = [[h["step"], h.get("loss")] for h in meta.get("history", []) if isinstance(h, dict)]
     evals = [[e["step"], e.get("train_loss"), e.get("val_loss")] for e in meta.get("evals", []) if isinstance(e, dict)]
     return Timeline(steps=[s for s, _ in snaps], labels=prep.labels, n_total=prep.n_total, pool=pool, views=views,
