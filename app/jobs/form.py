@@ -33,8 +33,8 @@ NUMBERS = ("vocab_size", *MODEL_SIZES, "steps", "batch_size", "lr", "warmup", "w
 # score jump from ~0.05 to above 0.5 while the loss drops (measured: README, Timeline tab; bench/timeline.py).
 INDUCTION_PRESET: dict[str, Any] = {
     "corpus": "induction", "tokenizer": "char", "n_layer": 2, "n_head": 4, "n_embd": 64, "block_size": 64,
-    "steps": 1500, "batch_size": 32, "lr": 6e-3, "warmup": 20, "weight_decay": 0.1, "dropout": 0.0,
-    "optimizer": "muon", "snapshots": 24,
+    "steps": 3000, "batch_size": 16, "lr": 1e-2, "warmup": 20, "weight_decay": 0.1, "dropout": 0.0,
+    "optimizer": "muon", "snapshots": 32,
 }
 
 

@@ -1,0 +1,71 @@
+"""The Timeline tab in a real Chromium (issue 18): opening it shows the newest run's last
+snapshot with the induction explanation; moving the slider to the first snapshot changes the
+step shown, the attention grid and the sample
+(the one nearest the step). Role and label locators, retrying `expect`."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from core.spec import RunSpec
+from core.train import run
+from tests.conftest import running_app
+
+pytestmark = pytest.mark.browser
+WAIT = 60_000
+GRID_JS = "() => JSON.stringify(document.querySelector('#timeline-grid .js-plotly-plot').data.map((t) => t.z))"
+
+
+@pytest.fixture(scope="module")
+def url(tmp_path_factory, tiny_ckpt):
+    from playwright.sync_api import expect
+
+    from app import make_context
+
+    base = tmp_path_factory.mktemp("browser-timeline")
+    spec = RunSpec(corpus="induction", tokenizer="char", preset="custom", n_layer=2, n_head=2, n_embd=16,
+                   block_size=32, batch_size=4, lr=1e-2, warmup=2, eval_interval=10, eval_batches=2, sample_tokens=16,
+                   ckpt_interval=0, dtype="float32", device="cpu", threads=1, steps=24, snapshots=5,
+                   out=str(base / "runs" / "ind"))
+    assert run(spec)["kind"] == "done"
+    ctx = make_context(runs_dir=base / "runs", bundled=tiny_ckpt, cache_dir=base / "cache")
+    expect.set_options(timeout=WAIT)
+    try:
+        with running_app(ctx) as u:
+            yield u
+    finally:
+        expect.set_options(timeout=5_000)
+
+
+def test_moving_the_slider_changes_the_step_and_the_grid(browser, url):
+    from playwright.sync_api import expect
+
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    page.set_default_timeout(WAIT)
+    try:
+        page.goto(url)
+        page.get_by_role("tab", name="Timeline", exact=True).click()
+        step = page.locator("#timeline-step")
+        expect(step).to_contain_text("Step 24 of 24")  # opens on the newest run's last snapshot
+        expect(step).to_contain_text("snapshot 5 of 5")
+        expect(page.get_by_text("Watch an induction head form.")).to_be_visible()
+        expect(page.get_by_role("combobox", name="Run")).to_have_value("ind")
+        expect(page.locator("#timeline-grid")).to_contain_text("Every head")
+        expect(page.get_by_label("Text to look at")).not_to_have_value("")  # the run's held-out excerpt
+        before = json.loads(page.evaluate(GRID_JS))
+        expect(page.get_by_label("Sample from the fixed prompt at step 24")).to_be_visible()
+
+        slider = page.get_by_role("slider", name="Snapshot (move to scrub through training)")
+        slider.focus()
+        page.keyboard.press("Home")  # the first snapshot: step 0, untrained
+        expect(step).to_contain_text("Step 0 of 24")
+        expect(step).to_contain_text("snapshot 1 of 5")
+        page.wait_for_function(f"() => {GRID_JS}() !== {json.dumps(json.dumps(before))}")
+        after = json.loads(page.evaluate(GRID_JS))
+        assert len(after) == len(before) and after != before
+        expect(page.get_by_label("Sample from the fixed prompt at step 10")).to_be_visible()  # the nearest one
+        expect(page.get_by_text("Error", exact=True)).to_have_count(0)
+    finally:
+        page.close()
