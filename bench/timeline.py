@@ -8,8 +8,9 @@
   (`core.inspect.timeline`: statistics, grids, predictions, aligned embeddings; target ≤ 2 s),
   and redrawing one step from the built timeline (what a slider move costs);
 - the "watch an induction head form" preset (`app.jobs.form.INDUCTION_PRESET`) run as the Train
-  tab runs it: its wall time, the first snapshot step whose best head's induction score is
-  above 0.5, that head, and the training loss before and after (skip with --no-induction).
+  tab runs it: its wall time, the best head's induction score at every snapshot, the first
+  snapshot step where it is above 0.5 (and the seconds to get there), that head, and the training
+  loss around each snapshot, over the plateau before the rise and after it (skip with --no-induction).
 
 Usage: python bench/timeline.py [--steps 500] [--threads 1] [--no-induction]
 """
@@ -106,10 +107,12 @@ def main() -> None:
                 "head": None if formed is None else "L{} H{}".format(*np.unravel_index(
                     int(np.nanargmax(tl.views[formed].stats["induction_score"])),
                     tl.views[formed].stats["induction_score"].shape)),
-                "loss_before": None if formed is None else mean_loss(max(1, tl.steps[formed - 1] - 200),
-                                                                      tl.steps[formed - 1]),
-                "loss_after": None if formed is None else mean_loss(tl.steps[formed], tl.steps[formed] + 200),
+                "loss_by_step": {s: mean_loss(s - 25, s + 25) for s in tl.steps[1:]},
             }
+            if formed is not None:  # the loss over the plateau's last 200 steps, and over the 200 after the jump
+                start = tl.steps[max(k for k in range(formed) if best[k] < 0.1)]
+                out["induction"].update(rise_from_step=start, loss_before=mean_loss(start - 200, start),
+                                        loss_after=mean_loss(tl.steps[formed], tl.steps[formed] + 200))
     print(json.dumps(out))
 
 

@@ -38,7 +38,7 @@ WORKERS = 4  # calls in flight at once (the server runs two heavy events at a ti
 # empty name starts a tiny run: `wait_for_runs` lets it finish).
 TRAIN = dict(corpus="counting", text="", tokenizer="char", vocab_size=512, n_layer=1, n_head=1, n_embd=8,
              block_size=8, steps=5, batch_size=2, lr=0.001, warmup=0, weight_decay=0.0, dropout=0.0,
-             optimizer="adamw", seed=0, device="cpu", name="kept", eval_interval=0, eval_batches=2)
+             optimizer="adamw", seed=0, device="cpu", name="kept", eval_interval=0, eval_batches=2, snapshots=0)
 VALID = {
     "/model_info": [K],
     "/tokenize": [K, "hello there", "tokens"],
@@ -48,6 +48,7 @@ VALID = {
     "/train_start": list(TRAIN.values()),
     "/train_status": ["kept"],
     "/train_stop": ["kept"],
+    "/timeline": ["kept", "hello there"],
 }
 NAMES = {
     "/model_info": ["key"],
@@ -58,6 +59,7 @@ NAMES = {
     "/train_start": list(TRAIN),
     "/train_status": ["job"],
     "/train_stop": ["job"],
+    "/timeline": ["run", "text"],
 }
 # What a message about each input must mention (beyond the per-endpoint answers below)
 ABOUT = {"key": r"model", "model": r"model", "text": r"text|characters", "prompt": r"prompt|characters",
@@ -75,6 +77,7 @@ ANSWERS = {
     "/model_info": r"unknown model",
     "/tokenize": r"no model is selected",
     "/embeddings": r"no token",
+    "/timeline": r"there is no run named|is not allowed|type some text",
 }
 
 
@@ -85,6 +88,8 @@ def env(tmp_path_factory, tiny_bpe_ckpt):
     base = tmp_path_factory.mktemp("hostile")
     ctx = make_context(runs_dir=base / "runs", bundled=tiny_bpe_ckpt, cache_dir=base / "cache")
     shutil.copytree(tiny_bpe_ckpt, base / "runs" / "kept" / "latest")
+    for step in (0, 5):  # two snapshots for /timeline
+        shutil.copytree(tiny_bpe_ckpt, base / "runs" / "kept" / "snapshots" / f"step-{step}")
     demo = build_app(ctx)
     port = free_port()
     demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True,
