@@ -44,10 +44,10 @@ def timed_run(spec) -> tuple[float, float, list[dict]]:
     wall = time.perf_counter() - t0
     if final["kind"] != "done":
         raise SystemExit(f"the run did not finish: {final}")
-    # a snapshot's write ends at its event and starts after the event before it at that step
+    # a snapshot's write ends at its checkpoint event and starts after the event before it
     spent, last = 0.0, {}
     for ev in events:
-        if ev["kind"] == "snapshot":
+        if ev["kind"] == "checkpoint" and str(ev.get("name", "")).startswith(snapshots.SNAPSHOTS_DIR + "/"):
             spent += ev["time"] - last.get("time", ev["time"])
         last = ev
     return wall, spent, events

@@ -23,12 +23,11 @@ import re
 import shutil
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Any
 
 from . import checkpoint as ckpt
 
-if TYPE_CHECKING:
-    from .train import Trainer
+Trainer = Any  # core.train.Trainer (not imported: core.train imports this module)
 
 SNAPSHOTS_DIR = "snapshots"
 MAX_SNAPSHOTS = 200  # per run, whatever is asked (the web server allows fewer: core.spec.SERVER_LIMITS)
@@ -104,8 +103,7 @@ class Snapshots:
         self.run_dir, self.steps, self.excerpt = Path(run_dir), list(steps), excerpt
         self.done = {s for s, _ in listing(run_dir)}
         self.samples: list[dict] = list(samples or [])
-        self.seconds = 0.0  # spent writing, for the benchmark
-        self.bytes = 0
+        self.seconds = 0.0  # spent writing
 
     @classmethod
     def for_trainer(cls, trainer: Trainer) -> Snapshots | None:
@@ -135,19 +133,10 @@ class Snapshots:
         if not self.due(step):
             return None
         t0 = time.perf_counter()
-        meta = trainer._meta(snapshot=True, history=_thin(trainer.history), samples=self.samples,
-                             excerpt=self.excerpt)
-        try:
-            path = ckpt.save(folder(self.run_dir, step), trainer.raw_model, trainer.tokenizer, meta)
-        except Exception as e:  # a full or read-only disk ends the run as a failed checkpoint does
-            from .train import SaveFailed, disk_error  # here, not at the top: core.train imports this module
-
-            words = disk_error(e)
-            if words is None:
-                raise
-            raise SaveFailed(f"{words} while saving step {step} (snapshots/)") from None
+        # the trainer's own save: a full or read-only disk ends the run as a failed checkpoint does
+        path = trainer.save(f"{SNAPSHOTS_DIR}/step-{step}", with_state=False, snapshot=True,
+                            history=_thin(trainer.history), samples=self.samples, excerpt=self.excerpt)
         self.seconds += time.perf_counter() - t0
-        self.bytes += sum(f.stat().st_size for f in path.iterdir())
         self.done.add(step)
         trainer._emit("snapshot", path=str(path), name=f"step-{step}")
         return path

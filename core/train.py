@@ -256,7 +256,7 @@ class Trainer:
                 "best_val": None if math.isinf(self.best_val) else self.best_val,
                 **extra}
 
-    def save(self, name: str = "latest", with_state: bool = True) -> Path | None:
+    def save(self, name: str = "latest", with_state: bool = True, **meta) -> Path | None:
         if self.out_dir is None or not self.dist.main:
             return None
         state = state_meta = None
@@ -271,7 +271,7 @@ class Trainer:
                                         "sdpa": self.place.sdpa, "ortho": self.choices["ortho"]},
                           "best_val": None if math.isinf(self.best_val) else self.best_val}
         try:
-            path = ckpt.save(self.out_dir / name, self.raw_model, self.tokenizer, self._meta(), state, state_meta)
+            path = ckpt.save(self.out_dir / name, self.raw_model, self.tokenizer, self._meta(**meta), state, state_meta)
         except Exception as e:  # safetensors and tokenizers raise their own types for an OSError
             words = disk_error(e)
             if words is None:
