@@ -276,7 +276,8 @@ class Trainer:
             words = disk_error(e)
             if words is None:
                 raise
-            raise SaveFailed(f"{words} while saving step {self.step} ({name}/)") from None
+            where = "a snapshot" if "/" in name else f"{name}/"  # snapshots/step-N: a visitor sees no path
+            raise SaveFailed(f"{words} while saving step {self.step} ({where})") from None
         self._emit("checkpoint", path=str(path), name=name)
         return path
 

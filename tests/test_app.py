@@ -17,7 +17,7 @@ from tests.conftest import running_app
 
 # The stable, documented API (README); every other event is private.
 PUBLIC_ENDPOINTS = {"/models", "/model_info", "/tokenize", "/embeddings", "/attention", "/decode",
-                    "/train_start", "/train_status", "/train_stop", "/walkthrough"}
+                    "/train_start", "/train_status", "/train_stop", "/walkthrough", "/timeline"}
 CONFIG_ROW_MEANING = "numbers per token vector: the width of the residual stream"
 
 

@@ -62,6 +62,13 @@ def test_timeline_api_equals_each_snapshot_on_its_own(runs, tmp_path):
             client.predict("nope", TEXT, api_name="/timeline")
         with pytest.raises(AppError, match="is not allowed"):
             client.predict("../tl", TEXT, api_name="/timeline")
+        # a snapshot opens in other tabs like any model
+        keys = [m["key"] for m in client.predict(api_name="/models")]
+        assert [k for k in keys if k.startswith("run:tl/step-")] == [f"run:tl/step-{s}" for s in
+                                                                       snapshots.schedule(24, 5)]
+        walk = client.predict("run:tl/step-0", TEXT, -1, api_name="/walkthrough")
+        assert walk["tokens"]["ids"]
+        assert client.predict("run:tl/step-24", api_name="/model_info")["source"] == "run"
     want = snapshots.schedule(24, 5)
     assert [s["step"] for s in out["snapshots"]] == want
     meta = snapshots.read_meta(snapshots.folder(runs / "tl", 24))
