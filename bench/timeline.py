@@ -72,7 +72,7 @@ def main() -> None:
                    snapshot_disk_mb=round(disk / 1e6, 2), snapshot_mb_each=round(disk / 1e6 / len(found), 3))
         text = TL.default_text(spec.out)
         t0 = time.perf_counter()
-        tl = TL.build(TL.load_run(spec.out), text)
+        tl = TL.build(TL.run_snapshots(spec.out), text)
         out["timeline_build_s"] = round(time.perf_counter() - t0, 3)
         out["timeline_tokens"] = len(tl.labels)
         t0 = time.perf_counter()
@@ -89,7 +89,7 @@ def main() -> None:
         if not a.no_induction:
             spec = spec_from_form(dict(INDUCTION_PRESET)).replace(out=str(Path(d) / "induction"), threads=a.threads)
             wall, spent, events = timed_run(spec)
-            tl = TL.build(TL.load_run(spec.out), TL.default_text(spec.out))
+            tl = TL.build(TL.run_snapshots(spec.out), TL.default_text(spec.out))
             best = [float(np.nanmax(v.stats["induction_score"])) for v in tl.views]
             formed = next((k for k, b in enumerate(best) if b > 0.5), None)
             losses = {e["step"]: e["loss"] for e in events if e["kind"] == "step"}

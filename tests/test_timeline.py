@@ -87,7 +87,7 @@ def test_timeline_api_equals_each_snapshot_on_its_own(runs, tmp_path):
 
 
 def test_figures_draw_the_chosen_step_and_escape_token_labels(runs):
-    tl = TL.build(TL.load_run(runs / "tl"), TEXT)
+    tl = TL.build(TL.run_snapshots(runs / "tl"), TEXT)
     i = 2
     step = tl.steps[i]
     loss = figures.loss_at(tl, step, 16)
@@ -108,9 +108,9 @@ def test_figures_draw_the_chosen_step_and_escape_token_labels(runs):
     assert "Step" in figures.header(tl, i, 24) and payload_bytes(grid) < 200_000
 
 
-def test_load_run_without_snapshots_says_how_to_get_them(tmp_path):
+def test_a_run_without_snapshots_says_how_to_get_them(tmp_path):
     with pytest.raises(ValueError, match="no snapshots"):
-        TL.load_run(tmp_path)
+        TL.run_snapshots(tmp_path)
 
 
 @pytest.mark.slow
@@ -125,7 +125,7 @@ def test_a_small_induction_run_grows_an_induction_head():
                        eval_interval=350, eval_batches=4, sample_tokens=0, ckpt_interval=0, snapshots=4, threads=1,
                        out=d)
         assert run(spec)["kind"] == "done"
-        tl = TL.build(TL.load_run(d), TL.default_text(d))
+        tl = TL.build(TL.run_snapshots(d), TL.default_text(d))
     best = figures.best_head(tl.views, "induction_score")
     assert best[0] < 0.15 and best[-1] > 0.3, best
     assert tl.views[-1].val_loss < tl.evals[0][2] - 0.2

@@ -62,7 +62,7 @@ class TimelineCache:
             if key in self._items:
                 self._items.move_to_end(key)
                 return self._items[key]
-        tl = TL.build(TL.load_run(run_dir), text)
+        tl = TL.build(TL.run_snapshots(run_dir), text)
         with self._lock:
             self._items[key] = tl
             while len(self._items) > self.size:

@@ -1,6 +1,6 @@
 """The timeline of a run: what its snapshots (`core.snapshots`) show, step by step, on one text.
 
-Owns: loading a run's snapshots (`load_run`), the run's default text (`default_text`: the
+Owns: finding a run's snapshots (`run_snapshots`), the run's default text (`default_text`: the
 held-out excerpt its snapshots carry), and `build`, which derives for every snapshot the
 numbers the Timeline tab and `/timeline` show: the losses near its step (the training loss at
 the step, and the eval nearest it), the sample nearest it, the per-head statistics
@@ -94,13 +94,13 @@ def pick(items: list, limit: int = MAX_SNAPSHOTS) -> list:
     return [items[i] for i in idx]
 
 
-def load_run(run_dir: str | Path, device: str = "cpu") -> list[tuple[int, Checkpoint]]:
-    """A run's snapshots, loaded and validated, by step. ValueError if it has none."""
+def run_snapshots(run_dir: str | Path) -> list[tuple[int, Path]]:
+    """A run's snapshots, (step, folder) by step, at most `MAX_SNAPSHOTS`. ValueError if it has none."""
     found = pick(snapshots.listing(run_dir))
     if not found:
         raise ValueError(f"the run {Path(run_dir).name!r} has no snapshots: train it with snapshots on "
                          "(the Train tab's 'Snapshots', or --snapshots N)")
-    return [(step, checkpoint.load(path, device=device)) for step, path in found]
+    return found
 
 
 def default_text(run_dir: str | Path) -> str:
@@ -162,21 +162,29 @@ def step_view(step: int, ck: Checkpoint, ids: list[int], meta: dict, exclude: tu
     return view, pool
 
 
-def build(snaps: list[tuple[int, Checkpoint]], text: str, top_k: int = TOP_K) -> Timeline:
-    """The timeline of `snaps` (by step, one run: one tokenizer and architecture) on `text`."""
+def build(snaps: Sequence[tuple[int, Checkpoint | Path]], text: str, top_k: int = TOP_K) -> Timeline:
+    """The timeline of `snaps` (by step, one run: one tokenizer and architecture) on `text`. A folder
+    is loaded (and validated) when its turn comes and let go after, so one model is in memory at a time."""
     if not snaps:
         raise ValueError("no snapshots to show")
-    last = snaps[-1][1]
-    if any(ck.config != last.config for _, ck in snaps):
-        raise ValueError("these snapshots are not of one model: their configs differ")
+
+    def opened(ck: Checkpoint | Path) -> Checkpoint:
+        ck = ck if isinstance(ck, Checkpoint) else checkpoint.load(ck)
+        if ck.config != last.config:
+            raise ValueError("these snapshots are not of one model: their configs differ")
+        return ck
+
+    last = snaps[-1][1] if isinstance(snaps[-1][1], Checkpoint) else checkpoint.load(snaps[-1][1])
     prep = A.prepare_text(last.tokenizer, text, last.config.block_size, MAX_TEXT_CHARS)
     exclude = induction_exclude(last.tokenizer, last.config.vocab_size)
     meta = last.meta or {}  # the last snapshot's history holds every earlier step's losses and samples
-    views, pool = [], 1
-    for step, ck in snaps:
+    views, wte, pool = [], [], 1
+    for k, (step, item) in enumerate(snaps):
+        ck = last if k == len(snaps) - 1 else opened(item)
         view, pool = step_view(step, ck, prep.ids, meta, exclude, top_k)
         views.append(view)
-    coords, proj, disparity = align_checkpoints([ck.model.transformer.wte.weight.detach() for _, ck in snaps], k=2)
+        wte.append(ck.model.transformer.wte.weight.detach().clone())
+    coords, proj, disparity = align_checkpoints(wte, k=2)
     V = last.config.vocab_size
     history = [[h["step"], h.get("loss")] for h in meta.get("history", []) if isinstance(h, dict)]
     evals = [[e["step"], e.get("train_loss"), e.get("val_loss")] for e in meta.get("evals", []) if isinstance(e, dict)]
