@@ -86,9 +86,9 @@ def head_stats(tl: Timeline, step: int | None = None) -> Fig:
         axis = "" if j == 0 else str(j + 1)
         lo = 1 - (j + 1) * third + 0.04
         axes["yaxis" + axis] = dict(domain=[lo, lo + third - 0.08], range=[0, 1.05], title=dict(text=label))
-        axes["xaxis" + axis] = dict(anchor="y" + axis, matches=None if j == 0 else "x",
-                                    showticklabels=j == len(TIMELINE_STATS) - 1,
-                                    title=dict(text="step") if j == len(TIMELINE_STATS) - 1 else None)
+        bottom = j == len(TIMELINE_STATS) - 1
+        axes["xaxis" + axis] = dict(anchor="y" + axis, showticklabels=bottom, **({"matches": "x"} if j else {}),
+                                    **({"title": dict(text="step")} if bottom else {}))
     shapes = [] if step is None else [dict(_step_line(step), xref="x" + ("" if j == 0 else str(j + 1)))
                                       for j in range(len(TIMELINE_STATS))]
     return _figure(traces, "Every head against step: a head forming shows as a rising line", 620, shapes=shapes,
@@ -100,7 +100,7 @@ def true_token_probs(tl: Timeline) -> Fig:
     z = np.stack([v.true_probs for v in tl.views]).astype(np.float32) if tl.views else np.zeros((0, 0))
     x = [f"{i + 1} {safe(t)}" for i, t in enumerate(tl.labels[1:])]
     y = [f"step {s:,}" for s in tl.steps]
-    trace = dict(type="heatmap", z=z, x=x, y=y, zmin=0, zmax=1, colorscale="Greens",
+    trace = dict(type="heatmap", z=z, x=x, y=y, zmin=0, zmax=1, colorscale="Greens", reversescale=True,
                  colorbar=dict(title=dict(text="p(true)"), thickness=12),
                  hovertemplate="%{y} · next token %{x}: %{z:.3f}<extra></extra>")
     return _figure([trace], "Probability of the true next token at every position, against step",

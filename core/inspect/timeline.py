@@ -71,10 +71,6 @@ class Timeline:
     history: list[list]      # [[step, training loss]] up to the last snapshot
     evals: list[list]        # [[step, train loss, val loss]]
 
-    def index_of(self, step: int) -> int:
-        """The position of the snapshot nearest `step`."""
-        return nearest(self.steps, step)
-
 
 def nearest(sorted_steps: Sequence[int], step: int) -> int:
     """Index of the value in `sorted_steps` nearest `step` (the earlier one on a tie)."""
