@@ -200,5 +200,6 @@ def test_the_sliders_read_their_ranges_from_the_server_limits(train_app):
     config = httpx.get(f"{train_app[0]}config", timeout=30).json()
     sliders = {c["props"].get("label"): c["props"] for c in config["components"] if c.get("type") == "slider"}
     for label, key in (("Layers", "n_layer"), ("Heads", "n_head"), ("Width (n_embd)", "n_embd"),
-                       ("Block size (context)", "block_size"), ("BPE vocabulary size", "vocab_size")):
+                       ("Block size (context)", "block_size"), ("BPE vocabulary size", "vocab_size"),
+                       ("Snapshots", "snapshots")):
         assert (sliders[label]["minimum"], sliders[label]["maximum"]) == SERVER_LIMITS[key], label

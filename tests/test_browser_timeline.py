@@ -6,6 +6,7 @@ step shown, the attention grid and the sample
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -67,5 +68,26 @@ def test_moving_the_slider_changes_the_step_and_the_grid(browser, url):
         assert len(after) == len(before) and after != before
         expect(page.get_by_label("Sample from the fixed prompt at step 10")).to_be_visible()  # the nearest one
         expect(page.get_by_text("Error", exact=True)).to_have_count(0)
+    finally:
+        page.close()
+
+
+def test_the_induction_preset_fills_the_train_form(browser, url):
+    from playwright.sync_api import expect
+
+    from app.jobs.form import INDUCTION_PRESET
+
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    page.set_default_timeout(WAIT)
+    try:
+        page.goto(url)
+        page.get_by_role("tab", name="Train", exact=True).click()
+        snaps = page.get_by_role("spinbutton", name="number input for Snapshots")
+        expect(snaps).to_have_value("12")  # on by default
+        page.get_by_role("button", name="Preset: watch an induction head form").click()
+        expect(page.get_by_label("Steps", exact=True)).to_have_value(str(INDUCTION_PRESET["steps"]))
+        expect(snaps).to_have_value(str(INDUCTION_PRESET["snapshots"]))
+        expect(page.get_by_role("combobox", name="Corpus")).to_have_value(re.compile("^induction"))
+        expect(page.get_by_label("Preset", exact=True)).to_have_value("custom")
     finally:
         page.close()
