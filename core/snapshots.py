@@ -21,7 +21,6 @@ import json
 import os
 import re
 import shutil
-import time
 from pathlib import Path
 from typing import Any
 
@@ -103,7 +102,6 @@ class Snapshots:
         self.run_dir, self.steps, self.excerpt = Path(run_dir), list(steps), excerpt
         self.done = {s for s, _ in listing(run_dir)}
         self.samples: list[dict] = list(samples or [])
-        self.seconds = 0.0  # spent writing
 
     @classmethod
     def for_trainer(cls, trainer: Trainer) -> Snapshots | None:
@@ -132,11 +130,9 @@ class Snapshots:
         step = trainer.step
         if not self.due(step):
             return None
-        t0 = time.perf_counter()
         # the trainer's own save: a full or read-only disk ends the run as a failed checkpoint does
         path = trainer.save(f"{SNAPSHOTS_DIR}/step-{step}", with_state=False, snapshot=True,
                             history=_thin(trainer.history), samples=self.samples, excerpt=self.excerpt)
-        self.seconds += time.perf_counter() - t0
         self.done.add(step)
         trainer._emit("snapshot", path=str(path), name=f"step-{step}")
         return path

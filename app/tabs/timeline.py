@@ -57,7 +57,11 @@ class TimelineCache:
 
     def get(self, run_dir: Path, text: str) -> TL.Timeline:
         found = snapshots.listing(run_dir)
-        key = (str(run_dir), text, tuple(s for s, _ in found))
+        try:  # a run trained again under the same name has the same steps but newer folders
+            stamp = found[-1][1].stat().st_mtime_ns if found else 0
+        except OSError:
+            stamp = 0
+        key = (str(run_dir), text, tuple(s for s, _ in found), stamp)
         with self._lock:
             if key in self._items:
                 self._items.move_to_end(key)
