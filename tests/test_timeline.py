@@ -11,7 +11,7 @@ import torch
 
 from app.figures import timeline as figures
 from app.figures.attention import payload_bytes
-from core import snapshots
+from core import checkpoint, snapshots
 from core.inspect import attention as A
 from core.inspect import timeline as TL
 from core.spec import RunSpec
@@ -38,10 +38,17 @@ def alone(ck, text: str) -> dict:
     with torch.no_grad():
         p = A.patterns(model, ids)
         probs = torch.softmax(model(torch.tensor([ids]))[0][0].float(), -1)
-    exclude = tuple(i for i in range(tok.vocab_size)
-                    if tok.is_special(i) or not any(c.isalnum() for c in tok.decode([i])))
+    # induction in context: weight on the token after an earlier copy of the query's last two tokens
+    L, H, T = p.shape[0], p.shape[1], len(ids)
+    total, rows = np.zeros((L, H)), 0
+    for q in range(T):
+        targets = [k for k in range(2, q) if ids[k - 1] == ids[q] and ids[k - 2] == ids[q - 1]]
+        if targets:
+            total += p[:, :, q, targets].sum(-1).numpy()
+            rows += 1
+    assert rows >= TL.MIN_MATCHES  # TEXT repeats itself: no fallback to the random sequence
     return {"prev_token_score": A.prev_token_score(p), "entropy": A.normalised_entropy(p),
-            "induction_score": A.measure_induction(model, exclude=exclude),
+            "induction_score": total / rows,
             "true": probs[torch.arange(len(ids) - 1), torch.tensor(ids[1:])].numpy(),
             "top": [tok.display(int(i)) for i in probs[-1].topk(TL.TOP_K).indices]}
 
@@ -70,7 +77,7 @@ def test_timeline_api_equals_each_snapshot_on_its_own(runs, tmp_path):
         assert walk["tokens"]["ids"]
         assert client.predict("run:tl/step-24", api_name="/model_info")["source"] == "run"
     want = snapshots.schedule(24, 5)
-    assert [s["step"] for s in out["snapshots"]] == want
+    assert [s["step"] for s in out["snapshots"]] == want and out["induction_on"] == "text"
     meta = snapshots.read_meta(snapshots.folder(runs / "tl", 24))
     for snap in out["snapshots"]:
         ck = ctx.catalog.get(f"run:tl/step-{snap['step']}")  # the snapshot opened like any model
@@ -129,3 +136,22 @@ def test_a_small_induction_run_grows_an_induction_head():
     best = figures.best_head(tl.views, "induction_score")
     assert best[0] < 0.15 and best[-1] > 0.3, best
     assert tl.views[-1].val_loss < tl.evals[0][2] - 0.2
+
+
+def test_in_context_induction_targets_follow_an_earlier_copy_of_the_last_two_tokens():
+    ids = [5, 6, 7, 8, 5, 6, 9]  # query 5 (token 6 after 5) finds 5, 6 at 0-1: target 2 (token 7)
+    M = TL.context_targets(ids)
+    assert M.nonzero().tolist() == [[5, 2]]
+    p = torch.zeros(1, 2, 7, 7)
+    p[0, 0, 5, 2], p[0, 1, 5, 4] = 0.75, 1.0
+    scores, n = TL.context_induction(p, ids)
+    assert n == 1 and scores.tolist() == [[0.75, 0.0]]
+
+
+def test_a_text_that_does_not_repeat_falls_back_to_a_repeated_random_sequence(runs):
+    snaps = TL.run_snapshots(runs / "tl")
+    tl = TL.build(snaps, "abcdefghijkl")
+    assert tl.induction_on == "a repeated random sequence"
+    ck = checkpoint.load(snaps[-1][1])
+    exclude = TL.induction_exclude(ck.tokenizer, ck.config.vocab_size)
+    np.testing.assert_allclose(tl.views[-1].stats["induction_score"], A.measure_induction(ck.model, exclude=exclude))

@@ -82,7 +82,9 @@ def head_stats(tl: Timeline, step: int | None = None) -> Fig:
                                    hovertemplate=f"{name} · step %{{x}}: %{{y:.3f}}<extra>{label}</extra>"))
     third = 1 / 3
     axes = {}
-    for j, label in enumerate(TIMELINE_STATS.values()):
+    labels = {**TIMELINE_STATS, "induction_score": "induction" + (" (on the text)" if tl.induction_on == "text"
+                                                                  else " (random repeat)")}
+    for j, label in enumerate(labels.values()):
         axis = "" if j == 0 else str(j + 1)
         lo = 1 - (j + 1) * third + 0.04
         axes["yaxis" + axis] = dict(domain=[lo, lo + third - 0.08], range=[0, 1.05], title=dict(text=label))

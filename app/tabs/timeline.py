@@ -110,10 +110,12 @@ def build(ctx, model_picker: gr.Dropdown) -> dict:
         """A run's snapshots on `text` ("" = an excerpt of its held-out text): per snapshot its step, the
         training loss at that step, train and val loss from the nearest eval, every head's statistics
         ({prev_token_score, induction_score, entropy}: [layer][head]), the top next tokens after the text
-        and the probability of each true next token."""
+        and the probability of each true next token. Induction is measured on the text (the weight on tokens
+        that followed an earlier copy of the query's last two tokens), or, when the text hardly repeats
+        itself, on a repeated random sequence: `induction_on` says which."""
         tl, text, _ = timeline_of(run, text)
         return {"run": run, "text": text, "tokens": tl.labels, "truncated": tl.n_total > len(tl.labels),
-                "snapshots": TL.as_dict(tl)}
+                "induction_on": tl.induction_on, "snapshots": TL.as_dict(tl)}
 
     api = boundary(ctx)
     gr.api(api("timeline", timeline_api), api_name="timeline", concurrency_limit=2, concurrency_id="timeline")

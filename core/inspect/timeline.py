@@ -4,16 +4,19 @@ Owns: finding a run's snapshots (`run_snapshots`), the run's default text (`defa
 held-out excerpt its snapshots carry), and `build`, which derives for every snapshot the
 numbers the Timeline tab and `/timeline` show: the losses near its step (the training loss at
 the step, and the eval nearest it), the sample nearest it, the per-head statistics
-(previous-token and entropy on the text, induction on a repeated random sequence), the pooled
+(previous-token, entropy and induction, all on the text), the pooled
 attention grid on the text, the top next tokens after the text's last token, and the
 probability of the true next token at every position; and, across steps, the token
 embeddings aligned onto the last snapshot (orthogonal Procrustes, `core.inspect.embeddings`).
 
-The per-head statistics are `core.inspect.attention`'s own functions, run on each snapshot
-alone, so a head in the timeline reads the same as in the Attention tab. The induction
-sequence leaves out special tokens and tokens with no letter or digit (spaces, newlines,
-separators such as `|`): on a character corpus those break a line in two, so a random
-sequence full of them measures something other than copying.
+Previous-token and entropy are `core.inspect.attention`'s own functions, run on each snapshot
+alone. Induction is measured in context, on the text itself (`context_induction`): the weight a
+query puts on the tokens that followed an earlier occurrence of its own last two tokens. On a
+run's own text this finds the head that copies, where the Attention tab's repeated random
+sequence can miss it (on the induction corpus, random letters without spaces or `|` are unlike
+anything the model saw: three of five seeds formed a copying head that scored 0.1–0.3 there and
+0.4–0.6 in context). A text with fewer than `MIN_MATCHES` such queries falls back to the repeated
+random sequence, leaving out special tokens and those with no letter or digit.
 Does not own: writing snapshots (`core.snapshots`), drawing (`app.figures.timeline`).
 """
 
@@ -37,6 +40,7 @@ MAX_SNAPSHOTS = 64  # a timeline shows at most this many, evenly picked, the fir
 TOP_K = 5
 TIMELINE_STATS = {"prev_token_score": "previous-token", "induction_score": "induction", "entropy": "entropy"}
 GRID_SIDE = 48  # each head's thumbnail is pooled to at most this many cells a side
+MIN_MATCHES = 4  # queries with an earlier copy of their context, for induction to be measured on the text
 
 
 @dataclass(frozen=True)
@@ -63,6 +67,7 @@ class Timeline:
     n_total: int             # tokens before truncation to the block size
     pool: int                # thumbnail cells per token side
     views: list[StepView]
+    induction_on: str        # "text", or "a repeated random sequence" (the text repeats too little)
     embed: np.ndarray        # (n, V, 2) token embeddings, aligned onto the last snapshot's PCA
     embed_classes: np.ndarray  # (V,) token classes (colours)
     embed_disparity: list[float]  # each snapshot's distance to the last after alignment
@@ -116,14 +121,39 @@ def induction_exclude(tokenizer, vocab_size: int) -> tuple[int, ...]:
     return tuple(out) if len(out) < vocab_size - 4 else ()  # keep a sequence to measure on
 
 
+def context_targets(ids: Sequence[int]) -> torch.Tensor:
+    """(T, T) bool: key k is an induction target of query q when the two tokens before k equal
+    the query's last two tokens (ids[k-1] = ids[q], ids[k-2] = ids[q-1]) and k < q."""
+    a = torch.as_tensor(list(ids), dtype=torch.long)
+    T = a.numel()
+    q, k = torch.arange(T).unsqueeze(1), torch.arange(T).unsqueeze(0)
+    before1, before2 = a[(k - 1).clamp(min=0)], a[(k - 2).clamp(min=0)]  # (1, T)
+    now, prev = a[q], a[(q - 1).clamp(min=0)]  # (T, 1)
+    return (k >= 2) & (k < q) & (before1 == now) & (before2 == prev)
+
+
+def context_induction(p: torch.Tensor, ids: Sequence[int]) -> tuple[np.ndarray, int]:
+    """(L, nh) mean over the queries that have induction targets of the weight on them, and how
+    many queries had one (0: NaN scores)."""
+    M = context_targets(ids).to(p.dtype)
+    rows = M.sum(-1) > 0
+    n = int(rows.sum())
+    if n == 0:
+        return np.full(p.shape[:-2], np.nan, dtype=np.float32), 0
+    return (p * M).sum(-1)[..., rows].mean(-1).float().cpu().numpy(), n
+
+
 def step_stats(model, ids: list[int], exclude: tuple[int, ...] = ()) -> tuple[dict[str, np.ndarray], torch.Tensor,
                                                                                torch.Tensor]:
     """One snapshot on `ids`: (TIMELINE_STATS → (L, nh), patterns (L, nh, T, T), logits (T, V))."""
     idx = A._idx(model, ids)
     tr = model.trace(idx, keep=["blocks.*.attn.pattern", "logits"])
     p = tr.patterns()[:, 0].float()  # (L, nh, T, T)
+    induction, n = context_induction(p, ids)
+    if n < MIN_MATCHES:
+        induction = A.measure_induction(model, exclude=exclude)
     stats = {"prev_token_score": A.prev_token_score(p), "entropy": A.normalised_entropy(p),
-             "induction_score": A.measure_induction(model, exclude=exclude)}
+             "induction_score": induction}
     return stats, p, tr.logits[0].float()
 
 
@@ -184,7 +214,9 @@ def build(snaps: Sequence[tuple[int, Checkpoint | Path]], text: str, top_k: int 
     V = last.config.vocab_size
     history = [[h["step"], h.get("loss")] for h in meta.get("history", []) if isinstance(h, dict)]
     evals = [[e["step"], e.get("train_loss"), e.get("val_loss")] for e in meta.get("evals", []) if isinstance(e, dict)]
+    on_text = int(context_targets(prep.ids).any(-1).sum()) >= MIN_MATCHES
     return Timeline(steps=[s for s, _ in snaps], labels=prep.labels, n_total=prep.n_total, pool=pool, views=views,
+                    induction_on="text" if on_text else "a repeated random sequence",
                     embed=coords, embed_classes=token_classes(last.tokenizer, V), embed_disparity=list(disparity),
                     embed_explained=[float(x) for x in proj.explained], vocab=token_labels(last.tokenizer, V),
                     history=history, evals=evals)
