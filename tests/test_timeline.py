@@ -38,11 +38,11 @@ def alone(ck, text: str) -> dict:
     with torch.no_grad():
         p = A.patterns(model, ids)
         probs = torch.softmax(model(torch.tensor([ids]))[0][0].float(), -1)
-    # induction in context: weight on the token after an earlier copy of the query's last two tokens
+    # induction in context: weight on the token after an earlier copy of the query's last three tokens
     L, H, T = p.shape[0], p.shape[1], len(ids)
     total, rows = np.zeros((L, H)), 0
     for q in range(T):
-        targets = [k for k in range(2, q) if ids[k - 1] == ids[q] and ids[k - 2] == ids[q - 1]]
+        targets = [k for k in range(3, q) if q >= 2 and ids[k - 3:k] == ids[q - 2:q + 1]]
         if targets:
             total += p[:, :, q, targets].sum(-1).numpy()
             rows += 1
@@ -138,12 +138,13 @@ def test_a_small_induction_run_grows_an_induction_head():
     assert tl.views[-1].val_loss < tl.evals[0][2] - 0.2
 
 
-def test_in_context_induction_targets_follow_an_earlier_copy_of_the_last_two_tokens():
-    ids = [5, 6, 7, 8, 5, 6, 9]  # query 5 (token 6 after 5) finds 5, 6 at 0-1: target 2 (token 7)
+def test_in_context_induction_targets_follow_an_earlier_copy_of_the_last_three_tokens():
+    ids = [4, 5, 6, 7, 8, 4, 5, 6, 9]  # query 7 (…4 5 6) finds 4 5 6 at 0-2: target 3 (token 7)
     M = TL.context_targets(ids)
-    assert M.nonzero().tolist() == [[5, 2]]
-    p = torch.zeros(1, 2, 7, 7)
-    p[0, 0, 5, 2], p[0, 1, 5, 4] = 0.75, 1.0
+    assert M.nonzero().tolist() == [[7, 3]]
+    assert TL.context_targets(ids, 2).nonzero().tolist() == [[6, 2], [7, 3]]
+    p = torch.zeros(1, 2, 9, 9)
+    p[0, 0, 7, 3], p[0, 1, 7, 6] = 0.75, 1.0
     scores, n = TL.context_induction(p, ids)
     assert n == 1 and scores.tolist() == [[0.75, 0.0]]
 

@@ -111,7 +111,7 @@ def build(ctx, model_picker: gr.Dropdown) -> dict:
         training loss at that step, train and val loss from the nearest eval, every head's statistics
         ({prev_token_score, induction_score, entropy}: [layer][head]), the top next tokens after the text
         and the probability of each true next token. Induction is measured on the text (the weight on tokens
-        that followed an earlier copy of the query's last two tokens), or, when the text hardly repeats
+        that followed an earlier copy of the query's last three tokens), or, when the text hardly repeats
         itself, on a repeated random sequence: `induction_on` says which."""
         tl, text, _ = timeline_of(run, text)
         return {"run": run, "text": text, "tokens": tl.labels, "truncated": tl.n_total > len(tl.labels),

@@ -352,7 +352,8 @@ def build(ctx, model_picker: gr.Dropdown) -> None:
     start_btn.click(start, settings_in, [watch, seen], **ctl)
     preset_fields = {"corpus": corpus, "tokenizer": tokenizer, "n_layer": n_layer, "n_head": n_head, "n_embd": n_embd,
                      "block_size": block, "steps": steps, "batch_size": batch, "lr": lr, "warmup": warmup,
-                     "weight_decay": wd, "dropout": dropout, "optimizer": optimizer, "snapshots": snapshots}
+                     "weight_decay": wd, "dropout": dropout, "optimizer": optimizer, "snapshots": snapshots,
+                     "seed": seed}
     induction_btn.click(lambda: ("custom", *(INDUCTION_PRESET[k] for k in preset_fields)), None,
                         [preset, *preset_fields.values()], **private)
     stop_btn.click(stop, None, [watch, seen], **ctl)

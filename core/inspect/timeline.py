@@ -11,11 +11,11 @@ embeddings aligned onto the last snapshot (orthogonal Procrustes, `core.inspect.
 
 Previous-token and entropy are `core.inspect.attention`'s own functions, run on each snapshot
 alone. Induction is measured in context, on the text itself (`context_induction`): the weight a
-query puts on the tokens that followed an earlier occurrence of its own last two tokens. On a
-run's own text this finds the head that copies, where the Attention tab's repeated random
+query puts on the tokens that followed an earlier occurrence of its own last `CONTEXT` tokens. On
+a run's own text this finds the head that copies, where the Attention tab's repeated random
 sequence can miss it (on the induction corpus, random letters without spaces or `|` are unlike
 anything the model saw: three of five seeds formed a copying head that scored 0.1–0.3 there and
-0.4–0.6 in context). A text with fewer than `MIN_MATCHES` such queries falls back to the repeated
+0.47–0.77 in context). A text with fewer than `MIN_MATCHES` such queries falls back to the repeated
 random sequence, leaving out special tokens and those with no letter or digit.
 Does not own: writing snapshots (`core.snapshots`), drawing (`app.figures.timeline`).
 """
@@ -41,6 +41,7 @@ TOP_K = 5
 TIMELINE_STATS = {"prev_token_score": "previous-token", "induction_score": "induction", "entropy": "entropy"}
 GRID_SIDE = 48  # each head's thumbnail is pooled to at most this many cells a side
 MIN_MATCHES = 4  # queries with an earlier copy of their context, for induction to be measured on the text
+CONTEXT = 3  # tokens a query's context must repeat (two: chance repeats in random words blur the score)
 
 
 @dataclass(frozen=True)
@@ -121,15 +122,16 @@ def induction_exclude(tokenizer, vocab_size: int) -> tuple[int, ...]:
     return tuple(out) if len(out) < vocab_size - 4 else ()  # keep a sequence to measure on
 
 
-def context_targets(ids: Sequence[int]) -> torch.Tensor:
-    """(T, T) bool: key k is an induction target of query q when the two tokens before k equal
-    the query's last two tokens (ids[k-1] = ids[q], ids[k-2] = ids[q-1]) and k < q."""
+def context_targets(ids: Sequence[int], n: int = CONTEXT) -> torch.Tensor:
+    """(T, T) bool: key k is an induction target of query q when the n tokens before k equal the
+    query's last n tokens (ids[k-1-d] = ids[q-d] for d < n), k < q and q ≥ n − 1."""
     a = torch.as_tensor(list(ids), dtype=torch.long)
     T = a.numel()
     q, k = torch.arange(T).unsqueeze(1), torch.arange(T).unsqueeze(0)
-    before1, before2 = a[(k - 1).clamp(min=0)], a[(k - 2).clamp(min=0)]  # (1, T)
-    now, prev = a[q], a[(q - 1).clamp(min=0)]  # (T, 1)
-    return (k >= 2) & (k < q) & (before1 == now) & (before2 == prev)
+    M = (k >= n) & (k < q) & (q >= n - 1)
+    for d in range(n):
+        M &= a[(k - 1 - d).clamp(min=0)] == a[(q - d).clamp(min=0)]  # (1, T) vs (T, 1)
+    return M
 
 
 def context_induction(p: torch.Tensor, ids: Sequence[int]) -> tuple[np.ndarray, int]:
