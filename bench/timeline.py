@@ -109,8 +109,8 @@ def main() -> None:
                     tl.views[formed].stats["induction_score"].shape)),
                 "loss_by_step": {s: mean_loss(s - 25, s + 25) for s in tl.steps[1:]},
             }
-            if formed is not None:  # the loss over the plateau's last 200 steps, and over the 200 after the jump
-                start = tl.steps[max(k for k in range(formed) if best[k] < 0.1)]
+            if formed is not None:  # the loss over the 200 steps before the biggest jump, and the 200 after it formed
+                start = tl.steps[int(np.argmax(np.diff(best[:formed + 1])))]
                 out["induction"].update(rise_from_step=start, loss_before=mean_loss(start - 200, start),
                                         loss_after=mean_loss(tl.steps[formed], tl.steps[formed] + 200))
     print(json.dumps(out))
