@@ -268,7 +268,7 @@ def build(ctx, model_picker: gr.Dropdown) -> None:
                                     interactive=False, min_width=240)
             with gr.Accordion("Runs", open=True):
                 runs_df = gr.Dataframe(headers=RUN_HEADERS, label="Runs on this server (newest first)",
-                                       interactive=False, max_height=260)
+                                       interactive=False, max_height=260, wrap=True, elem_classes=["gb-fit"])
                 with gr.Row(equal_height=False):
                     watch = gr.Dropdown([], value=None, label="Show run", info="Follow, resume or download this run",
                                         allow_custom_value=True, scale=2)
@@ -278,7 +278,7 @@ def build(ctx, model_picker: gr.Dropdown) -> None:
                 with gr.Row(equal_height=False):
                     compare_plot = gr.Plot(figures.compare_runs([]), show_label=False, min_width=320)
                     diff_df = gr.Dataframe(headers=["setting"], label="Settings that differ", interactive=False,
-                                           min_width=280)
+                                           min_width=280, wrap=True, elem_classes=["gb-fit"])
     seen = gr.State({}, time_to_live=3600)
     timer = gr.Timer(1.0)
 
