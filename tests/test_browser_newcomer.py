@@ -214,6 +214,10 @@ def test_no_table_is_wider_than_its_box_at_1440x900_or_1024x768(browser, url):
         expect(page.get_by_role("grid", name="Metrics per column (perplexity and log p under the model at T=1)")
                .get_by_role("row")).to_have_count(4)
         fits()
+
+        tab(page, "Attention")  # the equation's vectors: a row per dimension, not head-size columns
+        expect(page.get_by_role("grid", name="Vectors, one row per dimension").get_by_role("row").nth(3)).to_be_visible()
+        fits()
     finally:
         page.close()
 
@@ -275,5 +279,6 @@ def test_train_estimate_is_instant_devices_exist_and_the_runs_table_keeps_up(bro
         expect(runs.get_by_role("row").filter(has_text="keepup")).to_contain_text("stopped")
         step = int(status.locator("tbody td").first.inner_text().split("/")[0].replace(",", ""))
         expect(runs.get_by_role("row").filter(has_text="keepup").get_by_role("gridcell").nth(2)).to_have_text(str(step))
+        assert page.evaluate(OVERFLOWING_JS) == []  # the runs and settings tables fit at 1440×900
     finally:
         page.close()
