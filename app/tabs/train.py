@@ -268,7 +268,8 @@ def build(ctx, model_picker: gr.Dropdown) -> None:
                                     interactive=False, min_width=240)
             with gr.Accordion("Runs", open=True):
                 runs_df = gr.Dataframe(headers=RUN_HEADERS, label="Runs on this server (newest first)",
-                                       interactive=False, max_height=260, wrap=True, elem_classes=["gb-fit"])
+                                       interactive=False, max_height=260, wrap=True, elem_classes=["gb-fit"],
+                                       column_widths=["13%", "9%", "8%", "6%", "10%", "15%", "13%", "14%", "12%"])
                 with gr.Row(equal_height=False):
                     watch = gr.Dropdown([], value=None, label="Show run", info="Follow, resume or download this run",
                                         allow_custom_value=True, scale=2)
