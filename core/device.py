@@ -17,20 +17,35 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 SDPA_BACKENDS = ("math", "flash", "efficient", "cudnn")
 
 
+def available_devices() -> tuple[str, ...]:
+    """The device kinds this machine has, fastest first: cuda, then mps, where present; cpu always."""
+    found = []
+    if torch.cuda.is_available():
+        found.append("cuda")
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        found.append("mps")
+    return (*found, "cpu")
+
+
+# what an absent device is called when a run asks for it
+ABSENT = {"cuda": "no CUDA GPU", "mps": "no Apple GPU (MPS)"}
+
+
+def check_available(requested: str) -> None:
+    """Refuse, in words, a device kind this machine does not have ('auto' is always fine)."""
+    if requested in ABSENT and requested not in available_devices():
+        options = ("auto", *available_devices())
+        raise ValueError(f"device {requested!r} was chosen but this machine has {ABSENT[requested]}: "
+                         f"choose {', '.join(options[:-1])} or {options[-1]}")
+
+
 def pick_device(requested: str = "auto") -> torch.device:
     """'auto' picks cuda, then mps, then cpu; an explicit choice that is absent raises."""
     if requested == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    if requested == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device 'cuda' was requested but no CUDA GPU is available on this machine")
-    if requested == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-        raise ValueError("device 'mps' was requested but Apple MPS is not available on this machine")
+        return torch.device(available_devices()[0])
     if requested not in ("cpu", "cuda", "mps"):
         raise ValueError(f"unknown device {requested!r}: choose auto, cpu, cuda or mps")
+    check_available(requested)
     return torch.device(requested)
 
 

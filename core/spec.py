@@ -26,6 +26,7 @@ from typing import Any
 
 from .config import PRESETS, RECIPE, GPTConfig, TrainConfig
 from .data import CORPUS_CHOICES, validate_text
+from .device import check_available
 from .snapshots import MAX_SNAPSHOTS
 from .tokenizer import MAX_VOCAB_SIZE, MIN_BPE_VOCAB_SIZE
 
@@ -62,7 +63,7 @@ SERVER_LIMITS: dict[str, tuple[float, float]] = {
     "weight_decay": (0.0, 1.0), "dropout": (0.0, 0.9), "seed": (0, 2**31 - 1), "eval_interval": (0, 100_000),
     "eval_batches": (1, 200), "snapshots": (0, 48),
 }
-SERVER_DEVICES = ("auto", "cpu", "cuda")
+SERVER_DEVICES = ("auto", "cpu", "cuda", "mps")  # those the machine lacks are refused in words
 MAX_PASTED_CHARS = 1_000_000  # pasted text; bigger corpora come as files
 MAX_PROMPT_CHARS = 200  # the sample prompt
 MAX_TRAIN_BYTES = 8 * 1024**3  # the training memory one run may need (GLASSBOX_MAX_TRAIN_BYTES overrides it)
@@ -265,11 +266,7 @@ class RunSpec:
             raise ValueError(f"this model and batch need about {need / 1e9:.1f} GB to train, over this server's "
                              f"limit of {max_train_bytes / 1e9:.1f} GB: use fewer layers, a smaller width, "
                              "block size or batch")
-        if self.device == "cuda":
-            import torch
-
-            if not torch.cuda.is_available():
-                raise ValueError("device 'cuda' was chosen but this server has no CUDA GPU: choose auto or cpu")
+        check_available(self.device)
         return self
 
     # --- serialisation ------------------------------------------------------------------------

@@ -214,5 +214,71 @@ def test_no_table_is_wider_than_its_box_at_1440x900_or_1024x768(browser, url):
         expect(page.get_by_role("grid", name="Metrics per column (perplexity and log p under the model at T=1)")
                .get_by_role("row")).to_have_count(4)
         fits()
+
+        tab(page, "Attention")  # the equation's vectors: a row per dimension, not head-size columns
+        expect(page.get_by_role("grid", name="Vectors, one row per dimension").get_by_role("row").nth(3)).to_be_visible()
+        fits()
+    finally:
+        page.close()
+
+
+# run `name`'s step when the Train tab's status and its row of the runs table show the same step,
+# past `after` and between checkpoints (every `every` steps); else false. A status's table starts
+# with "step / total".
+KEEPS_UP_JS = """([name, after, every]) => {
+  const status = document.querySelector('#train-status tbody td');
+  const wrap = [...document.querySelectorAll('.table-wrap')]
+    .find((w) => w.getAttribute('aria-label') === 'Runs on this server (newest first)');
+  const cells = wrap && [...wrap.querySelectorAll('[role=row]')].map((r) => r.querySelectorAll('[role=gridcell]'))
+    .find((c) => c.length > 2 && c[0].innerText.trim() === name);
+  if (!status || !cells) return false;
+  const n = (t) => parseInt(t.replace(/,/g, ''), 10);
+  const step = n(status.innerText.split('/')[0]), shown = n(cells[2].innerText);
+  return step === shown && step > after && step % every !== 0 ? step : false;
+}"""
+
+
+@pytest.mark.browser
+def test_train_estimate_is_instant_devices_exist_and_the_runs_table_keeps_up(browser, url):
+    import torch
+    from playwright.sync_api import expect
+
+    from core.config import PRESETS, GPTConfig
+
+    page = open_page(browser, url)
+    try:
+        tab(page, "Train")
+        # only devices this machine has are offered (the API refuses the others in words)
+        devices = page.get_by_role("group").filter(has=page.get_by_text("Device", exact=True))
+        expect(devices.get_by_role("radio", name="cpu")).to_be_visible()
+        expect(devices.get_by_role("radio", name="cuda")).to_have_count(int(torch.cuda.is_available()))
+        expect(devices.get_by_role("radio", name="mps")).to_have_count(int(torch.backends.mps.is_available()))
+
+        page.get_by_label("Steps", exact=True).fill("3000")  # checkpoints every 250 steps
+        page.get_by_label("Run name (optional)").fill("keepup")
+        page.get_by_role("button", name="Start training").click()
+        status = page.locator("#train-status")
+        expect(status).to_contain_text("keepup · running")
+        expect(status).to_contain_text("tokens/s")
+
+        # while it trains, a preset's estimate shows within a second of the change
+        est = page.locator("#train-estimate")
+        for name in ("demo", "micro", "small", "nano"):
+            sizes = {k: PRESETS[name][k] for k in ("n_layer", "n_head", "n_embd", "block_size")}
+            n = GPTConfig(vocab_size=66, **sizes).n_params()  # Tiny Shakespeare's 65 characters and <unk>
+            page.get_by_role("combobox", name="Preset").click()
+            page.get_by_role("option", name=name, exact=True).click()
+            expect(est).to_contain_text(f"≈ {n:,} parameters", timeout=1_000)
+
+        # the runs table shows the status's step, between checkpoints too (it used to wait for one)
+        first = page.wait_for_function(KEEPS_UP_JS, arg=["keepup", 0, 250]).json_value()
+        page.wait_for_function(KEEPS_UP_JS, arg=["keepup", first, 250])  # and again, later in the run
+        page.get_by_role("button", name="Stop", exact=True).click()
+        expect(status).to_contain_text("keepup · stopped")
+        runs = page.get_by_role("grid", name="Runs on this server (newest first)")
+        expect(runs.get_by_role("row").filter(has_text="keepup")).to_contain_text("stopped")
+        step = int(status.locator("tbody td").first.inner_text().split("/")[0].replace(",", ""))
+        expect(runs.get_by_role("row").filter(has_text="keepup").get_by_role("gridcell").nth(2)).to_have_text(str(step))
+        assert page.evaluate(OVERFLOWING_JS) == []  # the runs and settings tables fit at 1440×900
     finally:
         page.close()

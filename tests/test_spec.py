@@ -99,10 +99,37 @@ def test_bad_values_name_the_field_the_value_and_the_limit(bad, message):
     (dict(warmup=600, steps=500), "warmup=600 is longer than the run (steps=500)"),
     (dict(corpus="text", text="x" * 1_000_001), "over the limit of 1,000,000"),
     (dict(sample_prompt="p" * 201), "the sample prompt is 201 characters"),
-    (dict(device="mps"), "device 'mps' is unknown: choose one of auto, cpu, cuda"),
+    (dict(device="tpu"), "device 'tpu' is unknown: choose one of auto, cpu, cuda, mps"),
     (dict(n_layer=12, n_embd=1024, n_head=16, block_size=1024, batch_size=256), "GB to train"),
 ])
 def test_the_servers_own_checks(bad, message):
     with pytest.raises(ValueError) as e:
         RunSpec.for_server(**bad)
     assert message in str(e.value)
+
+
+@pytest.mark.parametrize("device, words", [("cuda", "no CUDA GPU"), ("mps", "no Apple GPU (MPS)")])
+def test_a_device_the_machine_lacks_is_refused_in_words(monkeypatch, device, words):
+    import torch
+
+    from core.device import available_devices
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    assert available_devices() == ("cpu",)
+    with pytest.raises(ValueError) as e:
+        RunSpec.for_server(device=device)
+    assert str(e.value) == f"device '{device}' was chosen but this machine has {words}: choose auto or cpu"
+    assert RunSpec.for_server(device="auto").device == "auto"
+
+
+def test_the_devices_offered_are_the_ones_present(monkeypatch):
+    import torch
+
+    from core.device import available_devices, pick_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    assert available_devices() == ("cuda", "cpu")
+    assert RunSpec.for_server(device="cuda").device == "cuda"
+    assert pick_device("auto").type == "cuda"

@@ -277,11 +277,10 @@ EQUATION_HEADERS = ["key", "token", "q·k", "q·k/√d", "softmax", "‖v‖", "
 
 
 def vector_rows(eq) -> tuple[list[str], list[list]]:
-    """Headers and rows of the vectors: q, z recomputed, z from the model."""
-    headers = ["vector"] + [f"d{i}" for i in range(eq.head_size)]
-    rows = [["q (query)"] + [round(float(x), 5) for x in eq.q],
-            ["z = Σ softmax·v"] + [round(float(x), 5) for x in eq.z],
-            ["z from the model"] + [round(float(x), 5) for x in eq.model_z]]
+    """Headers and rows of the vectors, one row per dimension (a row per vector was head-size
+    columns wide, wider than any box): q, z recomputed, z from the model."""
+    headers = ["dimension", "q (query)", "z = Σ softmax·v", "z from the model"]
+    rows = [[f"d{i}", *(round(float(v[i]), 5) for v in (eq.q, eq.z, eq.model_z))] for i in range(eq.head_size)]
     return headers, rows
 
 

@@ -360,7 +360,8 @@ def build(ctx, model_picker: gr.Dropdown) -> None:
         eq_plot = gr.Plot(r.get("eq_plot"), **plot)
         eq_table = gr.Dataframe(r.get("eq_table"), headers=figs.EQUATION_HEADERS, label="Every key the query may see",
                                 interactive=False, max_height=320)
-        vec_table = gr.Dataframe(r["vectors"][1], headers=r["vectors"][0], label="Vectors", interactive=False)
+        vec_table = gr.Dataframe(r["vectors"][1], headers=r["vectors"][0], label="Vectors, one row per dimension",
+                                 interactive=False, max_height=320)
     with gr.Accordion("Aggregations", open=False):
         aggregate = gr.Radio(AGG_CHOICES, value="head_mean", label="Aggregation")
         agg_plot = gr.Plot(r.get("agg_plot"), **plot)

@@ -30,6 +30,7 @@ from app.tabs import fmt_bytes, fmt_int, md_escape, user_errors
 from app.validate import boundary
 from core.config import PRESETS, GPTConfig
 from core.data import CORPUS_DESCRIPTIONS
+from core.device import available_devices
 
 TITLE = "Train"
 D = SimpleNamespace(**FORM)  # the form's defaults (the recipe's numbers come from core.spec.RunSpec)
@@ -129,14 +130,35 @@ def progress_html(st: dict | None) -> str:
             f'aria-valuemax="{total}"><div style="height:100%;width:{pct:.1f}%;background:{color}"></div></div>')
 
 
-def run_rows(runs: list[dict]) -> list[list]:
-    rows = []
-    for r in runs:
-        s = r["settings"]
-        rows.append([r["name"], r["state"], r["step"], r["total"],
-                     "—" if r["best_val"] is None else f"{r['best_val']:.4f}", fmt_int(r["n_params"]),
-                     s.get("corpus", "—"), s.get("tokenizer", "—"),
-                     f"{s.get('n_layer')}×{s.get('n_head')}×{s.get('n_embd')}, block {s.get('block_size')}"])
+def run_row(r: dict) -> list:
+    """A row of the runs table from one of `JobManager.runs()`'s entries."""
+    s = r["settings"]
+    return [r["name"], r["state"], r["step"], r["total"], "—" if r["best_val"] is None else f"{r['best_val']:.4f}",
+            fmt_int(r["n_params"]), s.get("corpus", "—"), s.get("tokenizer", "—"),
+            f"{s.get('n_layer')}×{s.get('n_head')}×{s.get('n_embd')}, block {s.get('block_size')}"]
+
+
+def status_row(st: dict) -> list:
+    """The runs table's row of the run a status describes: the same snapshot the status shows."""
+    vals = [e[2] for e in st["evals"] if e[2] is not None]
+    return run_row({"name": st["job"], "state": st["state"], "step": st["step"], "total": st["total"],
+                    "best_val": min(vals) if vals else None, "n_params": st["n_params"], "settings": st["settings"]})
+
+
+def run_rows(runs: list[dict], st: dict | None = None) -> list[list]:
+    """The runs table; the row of the run `st` describes comes from `st` itself, so the table
+    never shows another step than the status above it."""
+    return [status_row(st) if st is not None and r["name"] == st["job"] else run_row(r) for r in runs]
+
+
+def patched_rows(table, st: dict) -> list[list] | None:
+    """The runs table as the page shows it (`table`: its rows, or a DataFrame) with the row of the
+    run `st` describes redrawn from `st`; None when that run has no row yet."""
+    rows = table.values.tolist() if hasattr(table, "values") else [list(r) for r in (table or [])]
+    names = [r[0] if r else None for r in rows]
+    if st["job"] not in names:
+        return None
+    rows[names.index(st["job"])] = status_row(st)
     return rows
 
 
@@ -212,7 +234,7 @@ def build(ctx, model_picker: gr.Dropdown) -> None:
                     block = gr.Slider(*lim["block_size"], value=D.block_size, step=8, label="Block size (context)",
                                       min_width=150)
                 est = gr.Markdown(estimate(D.corpus, "", D.tokenizer, D.vocab_size, D.n_layer, D.n_head, D.n_embd,
-                                           D.block_size, D.batch_size))
+                                           D.block_size, D.batch_size), elem_id="train-estimate")
             with gr.Accordion("Training", open=True):
                 with gr.Row():
                     steps = gr.Number(D.steps, label="Steps", precision=0, minimum=lim["steps"][0],
@@ -232,7 +254,7 @@ def build(ctx, model_picker: gr.Dropdown) -> None:
                 with gr.Row():
                     optimizer = gr.Radio([("AdamW", "adamw"), ("Muon + AdamW", "muon")], value=D.optimizer,
                                          label="Optimizer")
-                    device = gr.Radio(["auto", "cpu", "cuda"], value=D.device, label="Device")
+                    device = gr.Radio(["auto", *available_devices()], value=D.device, label="Device")
                 with gr.Row():
                     seed = gr.Number(D.seed, label="Seed", precision=0, minimum=0, maximum=lim["seed"][1])
                     snapshots = gr.Slider(*lim["snapshots"], value=D.snapshots, step=1, label="Snapshots",
@@ -255,7 +277,8 @@ def build(ctx, model_picker: gr.Dropdown) -> None:
                                     interactive=False, min_width=240)
             with gr.Accordion("Runs", open=True):
                 runs_df = gr.Dataframe(headers=RUN_HEADERS, label="Runs on this server (newest first)",
-                                       interactive=False, max_height=260)
+                                       interactive=False, max_height=260, wrap=True, elem_classes=["gb-fit"],
+                                       column_widths=["13%", "9%", "8%", "6%", "10%", "15%", "13%", "14%", "12%"])
                 with gr.Row(equal_height=False):
                     watch = gr.Dropdown([], value=None, label="Show run", info="Follow, resume or download this run",
                                         allow_custom_value=True, scale=2)
@@ -265,7 +288,7 @@ def build(ctx, model_picker: gr.Dropdown) -> None:
                 with gr.Row(equal_height=False):
                     compare_plot = gr.Plot(figures.compare_runs([]), show_label=False, min_width=320)
                     diff_df = gr.Dataframe(headers=["setting"], label="Settings that differ", interactive=False,
-                                           min_width=280)
+                                           min_width=280, wrap=True, elem_classes=["gb-fit"])
     seen = gr.State({}, time_to_live=3600)
     timer = gr.Timer(1.0)
 
@@ -273,11 +296,15 @@ def build(ctx, model_picker: gr.Dropdown) -> None:
     def on_corpus(c):
         return gr.Textbox(visible=c == "text"), gr.File(visible=c == "file")
 
-    def on_preset(p):
+    est_fn = api("train_estimate", estimate, notice=True)
+
+    def on_preset(p, corpus_v, text_v, tokenizer_v, vocab_v, batch_v):
+        """A preset's four sizes and their estimate, in one answer."""
         if p not in UI_PRESETS:
-            return [gr.skip()] * 4
+            return [gr.skip()] * 5
         d = UI_PRESETS[p]
-        return d["n_layer"], d["n_head"], d["n_embd"], d["block_size"]
+        sizes = d["n_layer"], d["n_head"], d["n_embd"], d["block_size"]
+        return *sizes, est_fn(corpus_v, text_v, tokenizer_v, vocab_v, *sizes, batch_v)
 
     @user_errors
     def start(corpus_v, text_v, file_v, *vals):
@@ -299,15 +326,17 @@ def build(ctx, model_picker: gr.Dropdown) -> None:
         st = jobs.resume(target, steps=steps_v if steps_v and steps_v > jobs.status(target)["step"] else None)
         return st["job"], REFRESH
 
-    def tick(job, seen_v, compared, request: gr.Request):
+    def tick(job, seen_v, compared, table, request: gr.Request):
         """Redraw only when the run changed; refresh the runs list and the model picker when a
-        checkpoint appears or the state changes (the picker keeps each visitor's choice)."""
+        checkpoint appears or the state changes (the picker keeps each visitor's choice). The
+        status and the run's row of the runs table come from one status, in one update."""
         v = jobs.version(job or None)
         if not v[0] or (seen_v.get("v") == list(v) and seen_v.get("runs")):
             return [gr.skip()] * 12
         st = jobs.status(v[0])
         changed = len(st["checkpoints"]) != seen_v.get("ckpts") or st["state"] != seen_v.get("state")
-        runs = jobs.runs() if (changed or not seen_v.get("runs")) else None
+        rows = None if changed or not seen_v.get("runs") else patched_rows(table, st)
+        runs = jobs.runs() if rows is None else None
         names = [r["name"] for r in runs] if runs is not None else None
         out_seen = {"v": list(v), "ckpts": len(st["checkpoints"]), "state": st["state"], "runs": True, "job": v[0]}
         compare_out = [gr.skip()] * 3
@@ -320,7 +349,7 @@ def build(ctx, model_picker: gr.Dropdown) -> None:
                 figures.loss_curve(st["losses"], st["evals"], st["vocab_size"], st["total"]),
                 figures.lr_curve(st["lrs"], st["total"]), st["sample"], out_seen,
                 ctx.picker.update(request) if changed and st["checkpoints"] else gr.skip(),
-                run_rows(runs) if runs is not None else gr.skip(),
+                run_rows(runs, st) if runs is not None else rows,
                 gr.Dropdown(choices=names, value=v[0]) if names is not None else gr.skip(),
                 *compare_out)
 
@@ -340,12 +369,16 @@ def build(ctx, model_picker: gr.Dropdown) -> None:
     private = dict(api_visibility="private")
     corpus.change(on_corpus, corpus, [text, upload], **private)
     tokenizer.change(lambda t: gr.Slider(visible=t == "bpe"), tokenizer, vocab, **private)
-    preset.input(on_preset, preset, [n_layer, n_head, n_embd, block], **private)
+    # The estimate is arithmetic: its events skip the queue (queue=False), where they would wait
+    # behind decodes, renders and training control, and a preset sends its sizes and their
+    # estimate in one answer instead of a second round trip through the sliders' change events.
+    instant = dict(queue=False, show_progress="hidden", **private)
+    preset.input(on_preset, [preset, corpus, text, tokenizer, vocab, batch], [n_layer, n_head, n_embd, block, est],
+                 **instant)
     for s in (n_layer, n_head, n_embd, block):
-        s.input(lambda: "custom", None, preset, **private)
+        s.input(lambda: "custom", None, preset, **instant)
     est_inputs = [corpus, text, tokenizer, vocab, n_layer, n_head, n_embd, block, batch]
-    gr.on([c.change for c in est_inputs], api("train_estimate", estimate, notice=True), est_inputs, est,
-          show_progress="hidden", **private)
+    gr.on([c.change for c in est_inputs], est_fn, est_inputs, est, **instant)
     settings_in = [corpus, text, upload, tokenizer, vocab, preset, n_layer, n_head, n_embd, block, steps, batch, lr,
                    warmup, wd, dropout, optimizer, seed, device, name, snapshots]
     ctl = dict(concurrency_limit=2, concurrency_id="train_ctl", **private)
@@ -359,7 +392,7 @@ def build(ctx, model_picker: gr.Dropdown) -> None:
     stop_btn.click(stop, None, [watch, seen], **ctl)
     resume_btn.click(resume, [watch, steps], [watch, seen], **ctl)
     watch.input(lambda: REFRESH, None, seen, **private)
-    timer.tick(tick, [watch, seen, compare],
+    timer.tick(tick, [watch, seen, compare, runs_df],
                [status, progress, loss_plot, lr_plot, sample, seen, model_picker, runs_df, watch, compare,
                 compare_plot, diff_df],
                show_progress="hidden", concurrency_limit=None, **private)
