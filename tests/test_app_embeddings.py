@@ -147,7 +147,7 @@ def test_search_markup_stays_text(page, app_url):
 def test_over_training_loads_through_the_catalog_within_its_budget(tmp_path, bpe_tokenizer):
     V = bpe_tokenizer.vocab_size
     runs = tmp_path / "runs"
-    for i, name in enumerate(("step-100", "step-200", "best", "latest")):
+    for i, name in enumerate(("snapshots/step-100", "snapshots/step-200", "best", "latest")):  # where runs keep them
         checkpoint.save(runs / "r1" / name, make_model(V, seed=i), bpe_tokenizer, {"step": 100 * (i + 1)})
     ctx = make_context(runs_dir=runs, bundled=tmp_path / "none", cache_dir=tmp_path / "cache", max_resident=2)
     over = handler(build_app(ctx), "over_training")
