@@ -62,7 +62,7 @@ EXPLORE_JS = """(stage, text, query) => {
   const [name, textSel, querySel, doneSel, subTab] = where;
   const tab = (n) => [...document.querySelectorAll('button[role=tab]')].find((b) => b.textContent.trim() === n);
   const box = (sel) => document.querySelector(sel + ' textarea, ' + sel + ' input');
-  const until = (ok, then, left = 100) => ok() ? then() : left > 0 && setTimeout(() => until(ok, then, left - 1), 200);
+  const until = (ok, then, left = 300) => ok() ? then() : left > 0 && setTimeout(() => until(ok, then, left - 1), 200);
   const put = (el, value, submit) => {
     const proto = el.tagName === 'TEXTAREA' ? HTMLTextAreaElement.prototype : HTMLInputElement.prototype;
     Object.getOwnPropertyDescriptor(proto, 'value').set.call(el, String(value));
@@ -70,14 +70,21 @@ EXPLORE_JS = """(stage, text, query) => {
     if (submit) el.dispatchEvent(new KeyboardEvent('keydown', {key: 'Enter', bubbles: true}));
   };
   if (tab(name)) tab(name).click();
+  // a box that has just mounted can take its initial value back after our first write (under
+  // load the component's own first update lands later), so the text is put again until it holds
+  const keep = (sel, value, submit, then, left = 10) => {
+    if (box(sel).value !== String(value)) put(box(sel), value, submit);
+    setTimeout(() => box(sel).value === String(value) ? then() : left > 0 && keep(sel, value, submit, then, left - 1), 400);
+  };
   const fill = () => {
     if (!textSel) return;
     until(() => box(textSel), () => {
       const same = box(textSel).value === String(text);
       const before = doneSel && document.querySelector(doneSel) ? document.querySelector(doneSel).textContent : '';
-      if (!same) put(box(textSel), text, textSel === '#emb-text');
-      if (querySel) until(() => (same || document.querySelector(doneSel).textContent !== before) && box(querySel),
-                          () => put(box(querySel), query, true));
+      keep(textSel, text, textSel === '#emb-text', () => {
+        if (querySel) until(() => (same || document.querySelector(doneSel).textContent !== before) && box(querySel),
+                            () => put(box(querySel), query, true));
+      });
     });
   };
   if (subTab) until(() => tab(subTab), () => { tab(subTab).click(); fill(); }); else fill();
