@@ -144,10 +144,12 @@ class Trainer:
     # --- set-up -----------------------------------------------------------------------
     def _setup(self) -> None:
         cfg = self.cfg
-        if cfg.threads:
-            torch.set_num_threads(cfg.threads)
         self.device = pick_device("cuda" if (cfg.device == "auto" and self.dist.enabled and torch.cuda.is_available())
                                   else cfg.device)
+        if self.device.type == "cpu":  # tiny attention weights turn denormal as training sharpens it: slow on every x86 CPU
+            torch.set_flush_denormal(True)  # before the thread pool starts, whose threads inherit the mode
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
         if self.dist.enabled and self.device.type == "cuda":
             self.device = torch.device("cuda", self.dist.local_rank)
         # the compute path: explicit flags win; a resumed run keeps the path it was saved with
@@ -340,6 +342,13 @@ class Trainer:
 
     def run(self) -> dict:
         """Train to `steps` (or until stopped). Returns the final event (done / stopped / failed)."""
+        flushed = float(torch.tensor([1e-39]) * 0.5) == 0.0  # the caller's denormal mode, kept for it
+        try:
+            return self._run()
+        finally:
+            torch.set_flush_denormal(flushed)
+
+    def _run(self) -> dict:
         try:
             self._setup()
         except torch.OutOfMemoryError:
