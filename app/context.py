@@ -13,6 +13,9 @@ Folders (each can be set by argument or environment variable):
     cache dir    GLASSBOX_CACHE_DIR   default ./cache        downloads, uploads
     uploads dir  (cache dir)/uploads                         uploaded checkpoints
     bundled      GLASSBOX_DEMO_MODEL  default assets/demo    the bundled demo model
+
+GLASSBOX_WARM_START=0 turns off the waiting trainer process (`app.jobs.backends.Spare`) that
+lets Start skip the imports (it holds a few hundred MB while idle).
 """
 
 from __future__ import annotations
@@ -103,6 +106,7 @@ def make_context(runs_dir: str | Path | None = None, bundled: str | Path | None 
     )
     env_threads = os.environ.get("GLASSBOX_TRAIN_THREADS")
     threads = train_threads if train_threads is not None else (int(env_threads) if env_threads else None)
-    jobs = JobManager(runs, threads=threads, backend=train_backend)
+    jobs = JobManager(runs, threads=threads, backend=train_backend,
+                      warm_start=os.environ.get("GLASSBOX_WARM_START", "1") != "0")
     return AppContext(catalog=catalog, assets_dir=ASSETS_DIR, runs_dir=runs, cache_dir=cache, uploads_dir=uploads,
                       jobs=jobs)

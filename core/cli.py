@@ -36,7 +36,7 @@ SPEC_FLAGS = ("corpus", "text_file", "tokenizer", "vocab_size", "val_fraction", 
               "beta2", "grad_clip", "optimizer", "grad_accum", "eval_interval", "eval_batches", "ckpt_interval",
               "sample_interval", "sample_prompt", "sample_tokens", "log_interval", "seed", "device", "dtype", "sdpa",
               "compile", "compile_mode", "threads", "out", "resume", "snapshots")
-WITH_SPEC = ("spec", "json", "resume")  # what may go with --spec
+WITH_SPEC = ("spec", "json", "resume", "spec_from_stdin")  # what may go with --spec
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -111,6 +111,8 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--json", action="store_true", help="print one JSON object per event and line")
     o.add_argument("--spec", metavar="RUN.json",
                    help="take the whole run from a RunSpec JSON file (only --json and --resume may go with it)")
+    # the app's warm start (app.jobs.backends.Spare): not for users, so not in --help
+    o.add_argument("--spec-from-stdin", action="store_true", help=argparse.SUPPRESS)
     return p
 
 
@@ -174,6 +176,24 @@ class _SignalStop:
         self.event.set()
 
 
+def _wait_for_spec() -> str | None:
+    """The app's warm start: import what a run's set-up would (torch's optimizers import
+    torch._dynamo on first use), then wait for one stdin line, {"spec": path, "stderr": path}.
+    Returns the spec's path (stderr now goes to that file), or None if stdin closed first."""
+    import torch._dynamo  # noqa: F401
+    import torch.optim  # noqa: F401
+
+    line = sys.stdin.readline()
+    if not line.strip():
+        return None
+    order = json.loads(line)
+    if order.get("stderr"):
+        fd = os.open(order["stderr"], os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        os.dup2(fd, 2)
+        os.close(fd)
+    return str(order["spec"])
+
+
 def main(run: Callable[..., dict], argv: list[str] | None = None) -> int:
     """`python -m core.train`: `run` is `core.train.run`. Returns the exit code."""
     parser = build_parser()
@@ -183,8 +203,13 @@ def main(run: Callable[..., dict], argv: list[str] | None = None) -> int:
         extra = sorted(k for k, v in vars(a).items() if k not in WITH_SPEC and v != parser.get_default(k))
         if extra:
             parser.error(f"--spec takes the whole run from its file: drop --{extra[0].replace('_', '-')}")
-    elif not a.out:
+    elif not a.out and not a.spec_from_stdin:
         parser.error("the following arguments are required: --out (or --spec RUN.json)")
+    if a.spec_from_stdin:  # before the signal handlers: a waiting spare ends at once on SIGTERM
+        a.spec = _wait_for_spec()
+        if a.spec is None:
+            return 0
+        argv = ["--spec", a.spec, *(["--json"] if a.json else [])]
     signals = _SignalStop()
 
     def emit(ev: dict) -> None:

@@ -14,6 +14,8 @@ import torch
 os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
 # measured speed choices (core.machine) go to a fresh folder per test session, never ~/.cache
 os.environ.setdefault("GLASSBOX_CACHE_DIR", tempfile.mkdtemp(prefix="glassbox-test-cache-"))
+# app servers in tests start runs the plain way (tests/test_jobs.py covers the warm start on its own)
+os.environ.setdefault("GLASSBOX_WARM_START", "0")
 
 ROOT = Path(__file__).resolve().parents[1]
 SHAKESPEARE = ROOT.parent / "shared" / "data" / "tinyshakespeare.txt"

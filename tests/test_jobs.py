@@ -111,6 +111,34 @@ def test_run_learns_writes_loadable_checkpoints_and_survives_restart(jm, tmp_pat
         again.close()
 
 
+def test_warm_start_runs_in_the_waiting_process_and_close_reaps_it(tmp_path, monkeypatch):
+    jm = JobManager(tmp_path / "runs", threads=1, warm_start=True)
+    try:
+        spare = jm.spare._proc
+        assert spare is not None and spare.poll() is None and "--spec-from-stdin" in spare.args
+        jm.start({**TINY, "steps": 20, "eval_interval": 10, "name": "warm"})
+        assert jm._jobs["warm"].proc is spare  # the run went to the waiting process
+        st = wait(jm, "warm", lambda s: not s["running"])
+        assert st["state"] == "done" and st["step"] == 20, st["reason"]
+        assert checkpoint.load(tmp_path / "runs" / "warm" / "latest").meta["step"] == 20
+        events = [json.loads(x) for x in (tmp_path / "runs" / "warm" / "events.jsonl").read_text().splitlines()]
+        assert events[0]["kind"] == "prepare" and events[-1]["kind"] == "done"
+        assert (tmp_path / "runs" / "warm" / "stderr.log").exists()  # its stderr went to the run's file
+        nxt = jm.spare._proc  # a new one waits for the next run
+        assert nxt is not None and nxt is not spare and nxt.poll() is None
+
+        # a run under another environment than the spare's starts fresh, and the stale spare goes
+        monkeypatch.setenv("GLASSBOX_TEST_ENV_CHANGED", "1")
+        jm.start({**TINY, "steps": 5, "name": "fresh"})
+        assert jm._jobs["fresh"].proc is not nxt and "--spec" in jm._jobs["fresh"].proc.args
+        assert nxt.wait(timeout=10) is not None
+        assert wait(jm, "fresh", lambda s: not s["running"])["state"] == "done"
+        last = jm.spare._proc
+    finally:
+        jm.close()
+    assert last is not None and last.wait(timeout=10) is not None  # closing reaps the waiting process
+
+
 def test_busy_stop_resume_zip(jm, tmp_path):
     jm.start({**TINY, "steps": 5000, "eval_interval": 10, "name": "long"})
     st = wait(jm, "long", lambda s: s["step"] >= 15 and s["evals"])

@@ -4,7 +4,9 @@
   its scheduling group too) and with a limited number of torch threads, so the server keeps
   answering other users while it trains. A reader thread parses one JSON event per stdout
   line, appends it to `events.jsonl` and hands it to the manager. Stop is SIGTERM (the
-  trainer finishes the step, saves `latest/` and emits "stopped").
+  trainer finishes the step, saves `latest/` and emits "stopped"). With a `Spare`, the next
+  run's process is started ahead (torch imported, waiting for its spec on stdin), so Start
+  reaches the first step without the seconds of imports.
 * **thread**, where the `spaces` package is importable: the GPU is only granted inside a
   function decorated with `@spaces.GPU`, which a subprocess cannot be, so `core.train.run`
   runs in a thread, wrapped in `spaces.GPU`. ZeroGPU may run that function in a forked
@@ -34,12 +36,15 @@ OnEvent = Callable[[Job, dict], None]
 Finish = Callable[[Job, "int | None"], None]
 
 
-def launch_process(job: Job, *, python: str, threads: int, nice: int, on_event: OnEvent, finish: Finish) -> None:
+def _child_env(threads: int) -> dict:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
            "PYTHONUNBUFFERED": "1"}
     if threads:
         env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+    return env
 
+
+def _popen(python: str, args: list[str], env: dict, nice: int, stdin, stderr) -> subprocess.Popen:
     def lower_priority() -> None:  # runs in the child (after setsid), before exec
         if nice:
             try:
@@ -55,18 +60,94 @@ def launch_process(job: Job, *, python: str, threads: int, nice: int, on_event: 
             except OSError:
                 pass
 
-    stderr = open(job.run_dir / STDERR_FILE, "ab")
-    try:
-        job.proc = subprocess.Popen([python, "-m", "core.train", "--spec", str(job.run_dir / SPEC_FILE), "--json"],
-                                    cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                    stderr=stderr, preexec_fn=lower_priority if os.name == "posix" else None,
-                                    start_new_session=os.name == "posix")
-    finally:
-        stderr.close()
+    return subprocess.Popen([python, "-m", "core.train", *args], cwd=ROOT, env=env, stdin=stdin,
+                            stdout=subprocess.PIPE, stderr=stderr,
+                            preexec_fn=lower_priority if os.name == "posix" else None,
+                            start_new_session=os.name == "posix")
+
+
+class Spare:
+    """One trainer process started ahead of the next run (`python -m core.train
+    --spec-from-stdin --json`): it has imported torch and the trainer, seconds of a run's
+    start-up, and waits for its run on stdin. Made for one python, thread count, niceness and
+    environment; a run with other ones starts a fresh process. Idle, it only holds memory."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._proc: subprocess.Popen | None = None
+        self._key: tuple | None = None
+        self._closed = False
+
+    @staticmethod
+    def key(python: str, threads: int, nice: int, env: dict) -> tuple:
+        return python, threads, nice, tuple(sorted(env.items()))
+
+    def take(self, key: tuple) -> subprocess.Popen | None:
+        """The waiting process if it suits `key` and is alive (then it is no longer the spare)."""
+        with self._lock:
+            proc, self._proc = self._proc, None
+            suits = self._key == key
+        if proc is not None and (not suits or proc.poll() is not None):
+            _discard(proc)
+            return None
+        return proc
+
+    def refill(self, python: str, threads: int, nice: int) -> None:
+        env = _child_env(threads)
+        with self._lock:
+            if self._closed or self._proc is not None:
+                return
+            try:
+                self._proc = _popen(python, ["--spec-from-stdin", "--json"], env, nice, subprocess.PIPE,
+                                    subprocess.DEVNULL)
+                self._key = self.key(python, threads, nice, env)
+            except OSError:  # no process to spare: runs start the plain way
+                self._proc = None
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            proc, self._proc = self._proc, None
+        if proc is not None:
+            _discard(proc)
+
+
+def _discard(proc: subprocess.Popen) -> None:
+    for f in (proc.stdin, proc.stdout):
+        with contextlib.suppress(OSError):
+            f and f.close()
+    with contextlib.suppress(OSError):
+        proc.kill()
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(timeout=10)
+
+
+def launch_process(job: Job, *, python: str, threads: int, nice: int, on_event: OnEvent, finish: Finish,
+                   spare: Spare | None = None) -> None:
+    env = _child_env(threads)
+    proc = spare.take(Spare.key(python, threads, nice, env)) if spare is not None else None
+    if proc is not None:
+        try:  # the spare's stderr goes to the run's file from here on
+            proc.stdin.write(json.dumps({"spec": str(job.run_dir / SPEC_FILE),
+                                         "stderr": str(job.run_dir / STDERR_FILE)}).encode() + b"\n")
+            proc.stdin.close()
+        except OSError:  # it died meanwhile
+            _discard(proc)
+            proc = None
+    if proc is None:
+        stderr = open(job.run_dir / STDERR_FILE, "ab")
+        try:
+            proc = _popen(python, ["--spec", str(job.run_dir / SPEC_FILE), "--json"], env, nice,
+                          subprocess.DEVNULL, stderr)
+        finally:
+            stderr.close()
+    job.proc = proc
     job.state = "running"
     job.thread = threading.Thread(target=_follow_process, args=(job, job.proc, on_event, finish), daemon=True,
                                   name=f"glassbox-job-{job.name}")
     job.thread.start()
+    if spare is not None:  # the next run's, started now (niced: it yields to this run and the server)
+        spare.refill(python, threads, nice)
 
 
 def _follow_process(job: Job, proc: subprocess.Popen, on_event: OnEvent, finish: Finish) -> None:

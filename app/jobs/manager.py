@@ -51,7 +51,8 @@ class JobManager:
     """Starts, follows, stops and resumes training runs under `runs_dir`. Create one per app."""
 
     def __init__(self, runs_dir: str | Path, *, threads: int | None = None, max_running: int = 1,
-                 backend: str = "auto", nice: int = 4, stop_timeout: float = 60.0, python: str = sys.executable):
+                 backend: str = "auto", nice: int = 4, stop_timeout: float = 60.0, python: str = sys.executable,
+                 warm_start: bool = False):
         if backend == "auto":
             backend = "thread" if importlib.util.find_spec("spaces") is not None else "process"
         if backend not in ("process", "thread"):
@@ -68,6 +69,10 @@ class JobManager:
         self._lock = threading.Lock()
         self._jobs: dict[str, Job] = {}
         self._closed = False
+        # warm_start: keep one trainer process imported and waiting, so Start skips the imports
+        self.spare = backends.Spare() if warm_start and backend == "process" else None
+        if self.spare is not None:
+            self.spare.refill(self.python, self.threads, self.nice)
         atexit.register(self.close)
 
     # ---- starting -----------------------------------------------------------------------
@@ -156,7 +161,7 @@ class JobManager:
         write_json(job.run_dir / JOB_FILE, job.record())
         if job.backend == "process":
             backends.launch_process(job, python=self.python, threads=self.threads, nice=self.nice,
-                                    on_event=Job.on_event, finish=Job.finish)
+                                    on_event=Job.on_event, finish=Job.finish, spare=self.spare)
         else:
             backends.launch_thread(job, on_event=Job.on_event, finish=Job.finish)
 
@@ -194,6 +199,8 @@ class JobManager:
         with self._lock:
             self._closed = True
             jobs = [j for j in self._jobs.values() if j.active or (j.proc is not None and j.proc.poll() is None)]
+        if self.spare is not None:
+            self.spare.close()
         for job in jobs:
             try:
                 self.stop(job.name)
