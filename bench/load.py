@@ -369,7 +369,7 @@ def train_phase(url: str, key, args, idle: dict) -> dict:
     ctl = new_client(url)
     if "/train_start" not in ctl.view_api(print_info=False, return_format="dict")["named_endpoints"]:
         return {"skipped": "the app has no /train_start endpoint yet"}
-    # the Train tab's default model (4 layers, 4 heads, 128 wide, 64 tokens, batch 12), char-level on a
+    # the Train tab's default model (the workshop preset), char-level on a
     # synthetic corpus; more steps than the benchmark lasts (it is stopped at the end), no evaluations
     st = ctl.predict(corpus="counting", tokenizer="char", steps=100_000, warmup=10, device="cpu",
                      name="bench-load", eval_interval=100_000, eval_batches=1, api_name="/train_start")

@@ -102,6 +102,7 @@ def test_browser_run_shows_the_curve_and_user_text_stays_text(train_app, page):
     expect(status).to_contain_text("browser-run", timeout=30_000)
     expect(status).to_contain_text("done", timeout=300_000)
     expect(status).to_contain_text("30 / 30")
+    expect(status).to_contain_text(re.compile(r"Chosen: .*(AdamW|Muon).*measured"))  # what the probe chose, and when
     # the loss curve: a plotly line with points, and the ln(V) guess line's label
     loss = page.locator("#train-loss")
     expect(loss.locator(".scatterlayer .trace").first).to_be_visible()

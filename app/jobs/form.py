@@ -1,7 +1,7 @@
 """The Train tab's form (and the /train_start API's inputs) as a `core.spec.RunSpec`.
 
-Owns: the form's fields and their defaults (`FORM`: the recipe's numbers come from RunSpec,
-the model from the nano preset, a shorter run than the CLI's), turning filled-in values into
+Owns: the form's fields and their defaults (`FORM`: the workshop preset's model and run,
+`core.config.WORKSHOP_TRAIN`, on the recipe's other numbers from RunSpec), turning filled-in values into
 a RunSpec checked against the server's limits (`spec_from_form`), and the settings a run
 shows (`settings_of`). Does not own: the limits themselves (`core.spec.SERVER_LIMITS`), the
 validation (`RunSpec`), or starting the run (`app.jobs.manager`).
@@ -13,18 +13,19 @@ import os
 from typing import Any
 
 from core.config import PRESETS
+from core.config import WORKSHOP_TRAIN as W
 from core.spec import MAX_TRAIN_BYTES, MODEL_SIZES, RunSpec
 
 _D = RunSpec()
-FORM_PRESET = "nano"
+FORM_PRESET = "workshop"  # recognisable Shakespeare within about two minutes on 2 cores (README)
 # Every field of the form, with its default: the form's (and /train_start's) inputs.
 FORM: dict[str, Any] = {
     "corpus": _D.corpus, "text": "", "tokenizer": _D.tokenizer, "vocab_size": _D.vocab_size, "preset": FORM_PRESET,
     **{k: PRESETS[FORM_PRESET][k] for k in MODEL_SIZES},
-    "steps": 500, "batch_size": _D.batch_size, "lr": _D.lr, "warmup": _D.warmup, "weight_decay": _D.weight_decay,
-    "dropout": 0.0, "optimizer": _D.optimizer, "seed": _D.seed, "device": _D.device,
+    "steps": W["steps"], "batch_size": W["batch_size"], "lr": W["lr"], "warmup": W["warmup_steps"],
+    "weight_decay": _D.weight_decay, "dropout": 0.0, "optimizer": W["optimizer"], "seed": _D.seed, "device": _D.device,
     "eval_interval": 0,  # 0: about ten evaluations (and checkpoints) per run
-    "eval_batches": _D.eval_batches, "sample_prompt": _D.sample_prompt, "name": "",
+    "eval_batches": W["eval_batches"], "sample_prompt": W["sample_prompt"], "name": "",
     "snapshots": 12,  # on by default: the Timeline tab shows them (about 0.3% of a nano run's time: bench/timeline.py)
 }
 NUMBERS = ("vocab_size", *MODEL_SIZES, "steps", "batch_size", "lr", "warmup", "weight_decay", "dropout", "seed",

@@ -34,7 +34,7 @@ from core.device import available_devices
 
 TITLE = "Train"
 D = SimpleNamespace(**FORM)  # the form's defaults (the recipe's numbers come from core.spec.RunSpec)
-UI_PRESETS = {k: PRESETS[k] for k in ("micro", "nano", "demo", "small")}
+UI_PRESETS = {k: PRESETS[k] for k in ("workshop", "micro", "nano", "demo", "small")}
 # character vocabularies (distinct characters + <unk>) of the built-in corpora, for the estimate
 CHAR_VOCAB = {"shakespeare": 66, "induction": 16, "arithmetic": 14, "counting": 13, "patterns": 10}
 REFRESH = {}  # the `seen` state after start/stop/resume: redraw everything at the next tick
@@ -225,7 +225,7 @@ def build(ctx, model_picker: gr.Dropdown) -> None:
                     vocab = gr.Slider(*lim["vocab_size"], value=D.vocab_size, step=1, label="BPE vocabulary size",
                                       visible=False)
             with gr.Accordion("Model", open=True):
-                preset = gr.Dropdown(list(UI_PRESETS) + ["custom"], value="nano", label="Preset")
+                preset = gr.Dropdown(list(UI_PRESETS) + ["custom"], value=D.preset, label="Preset")
                 with gr.Row():
                     n_layer = gr.Slider(*lim["n_layer"], value=D.n_layer, step=1, label="Layers", min_width=150)
                     n_head = gr.Slider(*lim["n_head"], value=D.n_head, step=1, label="Heads", min_width=150)
