@@ -48,13 +48,15 @@ def cpu_capability() -> str:
 
 def fingerprint() -> dict:
     """What makes a measured choice valid: CPU, capability, torch version, threads, and the
-    oneDNN ISA cap (ONEDNN_MAX_CPU_ISA changes the kernels without changing the CPU)."""
+    oneDNN and MKL ISA caps (ONEDNN_MAX_CPU_ISA and MKL_ENABLE_INSTRUCTIONS change the kernels
+    without changing the CPU)."""
     return {
         "cpu": cpu_model(),
         "capability": cpu_capability(),
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
         "onednn_isa": os.environ.get("ONEDNN_MAX_CPU_ISA", ""),
+        "mkl_isa": os.environ.get("MKL_ENABLE_INSTRUCTIONS", ""),
     }
 
 
