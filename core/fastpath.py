@@ -12,10 +12,11 @@ rows):
   (`mkldnn._reorder_linear_weight` / `mkldnn._linear_pointwise`, the ops PyTorch's compiler
   uses when it freezes a model).
 
-`plan(model, x)` measures each distinct weight shape of the model at 1, 4 and 64 rows on a
-sample of its own weights (big enough to stream from memory as a real step does), about a
-second for GPT-2 124M and a tenth of that for small models, and picks per shape and row bucket
-(1 | 2-8 | 9+); `core.machine.cached_choice` keeps the choice per machine and model shape,
+`plan(model, x)` measures the one-row bucket as a decode step runs it (one pass over all the
+model's weights per kind) and each distinct weight shape at 4 and 64 rows on a sample of its
+own weights, 1.5–3 s for GPT-2 124M (building the copies it times included) and a tenth of a
+second for small models, once per machine and model shape, and picks per
+shape and row bucket (1 | 2-8 | 9+); `core.machine.cached_choice` keeps the choice per machine and model shape,
 so a second load starts without measuring. Same dtype, same math: only the summation order
 inside the matmul differs, so the logits agree with `nn.Linear`'s to float rounding.
 
@@ -49,10 +50,10 @@ from . import machine
 KINDS = ("linear", "t", "onednn")
 MEASURE_ROWS = (1, 4, 64)  # one per bucket: rows 1 | 2..8 | 9+
 PACK_BATCH_HINT = 16  # oneDNN picks its packed layout for this many rows
-SAMPLE_BYTES = (40 << 20, 40 << 20, 4 << 20)  # per bucket: past the L3 cache where rows are few
+SAMPLE_BYTES = (0, 40 << 20, 4 << 20)  # per bucket (the one-row bucket reads every weight)
 MAX_ROUNDS = 12
 MARGIN = 0.95  # a trick must be at least 5% faster than nn.Linear to be chosen
-PLAN_VERSION = 1  # part of the cache key: bump when the measurement changes
+PLAN_VERSION = 2  # part of the cache key: bump when the measurement changes
 
 # id(weight) -> (weakref to it, key, {kind: copy}); a plain dict keyed by id with a weakref
 # that removes the entry is a few times cheaper per lookup than WeakIdKeyDictionary, and
@@ -224,23 +225,34 @@ def _time_kinds(work: dict[str, list], rows: int, budget_s: float) -> dict[str, 
 
 
 def measure(model: nn.Module, budget_s: float | None = None) -> dict:
-    """Time every kind at each bucket's rows on each weight shape; pick the fastest per bucket,
-    nn.Linear unless a trick beats it by `MARGIN`, and at most one kind of copy per shape (the
-    one-row bucket's, where decoding spends its time). Returns a JSON-able choice. `budget_s`
-    (default: 0.6 s for GPT-2 124M's 0.5 GB of weights, less for smaller models) is spread
-    over the shapes and buckets; each gets at least three rounds."""
+    """Time every kind and pick, per weight shape and bucket, nn.Linear unless a trick beats it
+    by `MARGIN`, with at most one kind of copy per shape. The one-row bucket, where decoding
+    spends its time, is timed as a decode step reads the weights: one pass over all of them
+    per kind (a sample of one shape fits in the cache, and there kernels rank by cache speed,
+    not by how they stream the model from memory); its kind then holds for every shape. The
+    other buckets time each shape on a sample. Returns a JSON-able choice. `budget_s` (default:
+    0.6 s for GPT-2 124M's 0.5 GB of weights, less for smaller models) is spread over the
+    timings; each gets at least three rounds."""
     kinds = available_kinds()
     t0 = time.perf_counter()
     shapes = sorted(_linears(model).items())
+    nbytes = sum(m.weight.numel() * m.weight.element_size() for _, mods in shapes for m in mods)
     if budget_s is None:
-        nbytes = sum(m.weight.numel() * m.weight.element_size() for _, mods in shapes for m in mods)
         budget_s = min(0.6, max(0.05, 0.6 * nbytes / 500e6))
-    each = budget_s / (len(shapes) * len(MEASURE_ROWS))
-    choice, times = {}, {}
+    each = budget_s / (1 + len(shapes) * (len(MEASURE_ROWS) - 1))
+    # the one-row bucket: every weight, one kind at a time (its copies built, timed, dropped)
+    whole = {}
+    for k in kinds:
+        pairs = [(m.weight.detach(), None if k == "linear" else _make(k, m.weight.detach()),
+                  None if m.bias is None else m.bias.detach()) for _, mods in shapes for m in mods]
+        whole[k] = _time_passes(pairs, k, 1, each)
+    one = min((k for k in kinds if k != "linear"), key=whole.get, default="linear")
+    one = one if whole[one] < MARGIN * whole["linear"] else "linear"
+    choice, times = {}, {"all": {"1": {k: round(v * 1e3, 4) for k, v in whole.items()}}}
     for (o, i), mods in shapes:
         name = f"{o}x{i}"
-        picks, per, built = [], {}, {}
-        for rows, budget in zip(MEASURE_ROWS, SAMPLE_BYTES):
+        picks, per, built = [one], {}, {}
+        for rows, budget in zip(MEASURE_ROWS[1:], SAMPLE_BYTES[1:]):
             if budget not in built:  # buckets with the same sample share its copies
                 pairs = _sample(mods, budget)
                 built[budget] = {k: [(w, None if k == "linear" else _make(k, w), b) for w, b in pairs] for k in kinds}
@@ -251,6 +263,22 @@ def measure(model: nn.Module, budget_s: float | None = None) -> dict:
             picks.append(fastest if t[fastest] < MARGIN * t["linear"] else "linear")
         choice[name], times[name] = picks, per
     return {"kinds": choice, "ms": times, "measure_s": round(time.perf_counter() - t0, 3)}
+
+
+def _time_passes(pairs: list, kind: str, rows: int, budget_s: float) -> float:
+    """Fastest seconds of one pass over `pairs` [(weight, copy, bias)] with `kind`, 3 to MAX_ROUNDS rounds."""
+    xs = {w.size(1): torch.randn(rows, w.size(1), generator=torch.Generator().manual_seed(0)) for w, _, _ in pairs}
+    best, start = float("inf"), time.perf_counter()
+    with torch.no_grad():
+        _apply(kind, xs[pairs[0][0].size(1)], *pairs[0])  # warm-up: builds kernels, faults in pages
+        for rnd in range(MAX_ROUNDS):
+            t0 = time.perf_counter()
+            for w, c, b in pairs:
+                _apply(kind, xs[w.size(1)], w, c, b)
+            best = min(best, time.perf_counter() - t0)
+            if rnd >= 2 and time.perf_counter() - start > budget_s:
+                break
+    return best
 
 
 def shape_key(model: nn.Module) -> dict:

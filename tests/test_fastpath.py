@@ -77,8 +77,9 @@ def test_the_measured_choice_gives_nn_linears_logits(model):
     plan = fastpath.choose(m, refresh=True)
     assert set(plan["kinds"]) == {torch.Size(s) for s in [(96, 32), (32, 32), (128, 32), (32, 128), (50, 32)]}
     assert all(k in fastpath.available_kinds() for ks in plan["kinds"].values() for k in ks)
-    times = plan["choice"]["ms"]["128x32"]["1"]
-    assert set(times) == set(fastpath.available_kinds()) and all(t > 0 for t in times.values())
+    for times in (plan["choice"]["ms"]["all"]["1"], plan["choice"]["ms"]["128x32"]["4"]):  # one row: the whole model
+        assert set(times) == set(fastpath.available_kinds()) and all(t > 0 for t in times.values())
+    assert len({ks[0] for ks in plan["kinds"].values()}) == 1  # one kind for every shape at one row
     idx = torch.randint(0, 50, (3, 25))
     with torch.no_grad():
         fast, _ = _decode(m, idx, CHUNKS)
