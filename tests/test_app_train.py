@@ -97,12 +97,19 @@ def test_browser_run_shows_the_curve_and_user_text_stays_text(train_app, page):
     page.get_by_label("Preset").click()
     page.get_by_role("option", name="micro").click()
     expect(page.get_by_role("spinbutton", name="number input for Width (n_embd)")).to_have_value("64")
+    page.evaluate("""() => { const el = document.querySelector('#train-status'); window.gbSeen = [];
+      new MutationObserver(() => window.gbSeen.push(el.innerText)).observe(el, {subtree: true, childList: true,
+                                                                                characterData: true}); }""")
     page.get_by_role("button", name="Start training").click()
     status = page.locator("#train-status")
     expect(status).to_contain_text("browser-run", timeout=30_000)
     expect(status).to_contain_text("done", timeout=300_000)
     expect(status).to_contain_text("30 / 30")
     expect(status).to_contain_text(re.compile(r"Chosen: .*(AdamW|Muon).*measured"))  # what the probe chose, and when
+    seen = [t for t in page.evaluate("window.gbSeen") if "browser-run" in t]  # every text the status showed of
+    # this run: first what it prepared, then the path it chose
+    preparing = [i for i, t in enumerate(seen) if "⏳" in t]
+    assert preparing and preparing[0] < min(i for i, t in enumerate(seen) if "Chosen:" in t), seen[:5]
     # the loss curve: a plotly line with points, and the ln(V) guess line's label
     loss = page.locator("#train-loss")
     expect(loss.locator(".scatterlayer .trace").first).to_be_visible()

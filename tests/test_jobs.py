@@ -82,6 +82,7 @@ def test_the_form_becomes_a_run_spec_with_the_recipe():
 def test_run_learns_writes_loadable_checkpoints_and_survives_restart(jm, tmp_path):
     st = jm.start({**TINY, "steps": 60, "eval_interval": 20, "name": "learn"})
     assert st["job"] == "learn" and st["running"]
+    assert st["stage"] == "starting the trainer process"  # before its first event (torch takes a second to import)
     st = wait(jm, "learn", lambda s: not s["running"])
     assert st["state"] == "done", st["reason"]
     assert st["step"] == st["total"] == 60

@@ -287,9 +287,11 @@ class JobManager:
         st = fold(events)
         start_steps, failure = st.pop("start_steps"), st.pop("failure")
         running = state in ACTIVE
+        # before its first event the run's process is starting (Python, torch): say so too
+        stage = (st["stage"] or (None if events else "starting the trainer process")) if running else None
         return {"job": job.name, "state": state, "running": running, **st,
                 "total": int(job.settings.get("steps") or start_steps or 0),
-                "eta": st["eta"] if running else 0.0, "stage": st["stage"] if running else None,
+                "eta": st["eta"] if running else 0.0, "stage": stage,
                 "reason": reason or failure, "settings": dict(job.settings)}
 
     def runs(self) -> list[dict]:
