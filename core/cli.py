@@ -178,8 +178,9 @@ class _SignalStop:
 
 def _wait_for_spec() -> str | None:
     """The app's warm start: import what a run's set-up would (torch's optimizers import
-    torch._dynamo on first use), then wait for one stdin line, {"spec": path, "stderr": path}.
-    Returns the spec's path (stderr now goes to that file), or None if stdin closed first."""
+    torch._dynamo on first use), then wait for one stdin line, {"spec": path, "stderr": path,
+    "env": the environment of the moment}. Returns the spec's path (stderr now goes to that
+    file, the environment is the one given), or None if stdin closed first."""
     import torch._dynamo  # noqa: F401
     import torch.optim  # noqa: F401
 
@@ -187,6 +188,9 @@ def _wait_for_spec() -> str | None:
     if not line.strip():
         return None
     order = json.loads(line)
+    if isinstance(order.get("env"), dict):
+        os.environ.clear()
+        os.environ.update({str(k): str(v) for k, v in order["env"].items()})
     if order.get("stderr"):
         fd = os.open(order["stderr"], os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
         os.dup2(fd, 2)

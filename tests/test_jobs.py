@@ -128,11 +128,18 @@ def test_warm_start_runs_in_the_waiting_process_and_close_reaps_it(tmp_path, mon
         nxt = jm.spare._proc  # a new one waits for the next run
         assert nxt is not None and nxt is not spare and nxt.poll() is None
 
-        # a run under another environment than the spare's starts fresh, and the stale spare goes
-        monkeypatch.setenv("GLASSBOX_TEST_ENV_CHANGED", "1")
+        # the environment of the moment goes with the run: here its probe cache folder
+        monkeypatch.setenv("GLASSBOX_CACHE_DIR", str(tmp_path / "later-cache"))
+        jm.start({**TINY, "steps": 5, "name": "handed"})
+        assert jm._jobs["handed"].proc is nxt
+        assert wait(jm, "handed", lambda s: not s["running"])["state"] == "done"
+        assert list((tmp_path / "later-cache").rglob("*.json"))  # the run measured into the new folder
+        # one read when torch starts cannot be handed over: that run starts fresh, the stale spare goes
+        stale = jm.spare._proc
+        monkeypatch.setenv("ONEDNN_VERBOSE", "0")
         jm.start({**TINY, "steps": 5, "name": "fresh"})
-        assert jm._jobs["fresh"].proc is not nxt and "--spec" in jm._jobs["fresh"].proc.args
-        assert nxt.wait(timeout=10) is not None
+        assert jm._jobs["fresh"].proc is not stale and "--spec" in jm._jobs["fresh"].proc.args
+        assert stale.wait(timeout=10) is not None
         assert wait(jm, "fresh", lambda s: not s["running"])["state"] == "done"
         last = jm.spare._proc
     finally:

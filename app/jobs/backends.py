@@ -66,11 +66,18 @@ def _popen(python: str, args: list[str], env: dict, nice: int, stdin, stderr) ->
                             start_new_session=os.name == "posix")
 
 
+# environment variables read when Python, torch and its math libraries start: a waiting process
+# made under other values cannot take a run (the others are handed over with the run)
+IMPORT_TIME_ENV = ("PYTHON", "LD_", "OMP_", "KMP_", "GOMP_", "MKL_", "ATEN_", "ONEDNN_", "DNNL_", "TORCH_",
+                   "PYTORCH_", "CUDA_")
+
+
 class Spare:
     """One trainer process started ahead of the next run (`python -m core.train
     --spec-from-stdin --json`): it has imported torch and the trainer, seconds of a run's
-    start-up, and waits for its run on stdin. Made for one python, thread count, niceness and
-    environment; a run with other ones starts a fresh process. Idle, it only holds memory."""
+    start-up, and waits for its run on stdin, which brings the environment of the moment.
+    Made for one python, thread count, niceness and import-time environment
+    (`IMPORT_TIME_ENV`); a run with other ones starts a fresh process. Idle, it only holds memory."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -80,7 +87,7 @@ class Spare:
 
     @staticmethod
     def key(python: str, threads: int, nice: int, env: dict) -> tuple:
-        return python, threads, nice, tuple(sorted(env.items()))
+        return python, threads, nice, tuple(sorted((k, v) for k, v in env.items() if k.startswith(IMPORT_TIME_ENV)))
 
     def take(self, key: tuple) -> subprocess.Popen | None:
         """The waiting process if it suits `key` and is alive (then it is no longer the spare)."""
@@ -128,8 +135,8 @@ def launch_process(job: Job, *, python: str, threads: int, nice: int, on_event: 
     proc = spare.take(Spare.key(python, threads, nice, env)) if spare is not None else None
     if proc is not None:
         try:  # the spare's stderr goes to the run's file from here on
-            proc.stdin.write(json.dumps({"spec": str(job.run_dir / SPEC_FILE),
-                                         "stderr": str(job.run_dir / STDERR_FILE)}).encode() + b"\n")
+            proc.stdin.write(json.dumps({"spec": str(job.run_dir / SPEC_FILE), "stderr": str(job.run_dir / STDERR_FILE),
+                                         "env": env}).encode() + b"\n")
             proc.stdin.close()
         except OSError:  # it died meanwhile
             _discard(proc)
