@@ -17,13 +17,16 @@ every safetensors header (`core.safefile`), file magic (pickle and zip are refus
 safetensors is loaded), config types and ranges, a memory estimate, and every tensor's
 name, shape, dtype and size; then finiteness once loaded. A refusal names the file, the
 tensor as the file names it and the config field. Nothing here calls `torch.load`.
-Does not own: the tokenizer format (`core.tokenizer`).
+`disk_error` says why a write failed in words a visitor understands (no paths), for the
+trainer's `SaveFailed`. Does not own: the tokenizer format (`core.tokenizer`).
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import re
 import shutil
 import uuid
 from dataclasses import dataclass, field
@@ -54,6 +57,29 @@ STATE_FILE, STATE_META_FILE = "train_state.safetensors", "train_state.json"
 DEFAULT_MAX_BYTES = int(os.environ.get("GLASSBOX_MAX_MODEL_BYTES", 4 * 1024**3))
 MAX_META_BYTES = 16 * 2**20  # meta.json holds the loss history of a long run
 CONV1D = hf.CONV1D
+
+
+# A failed write, in words a visitor understands (no path: the reason is shown to everyone).
+DISK_WORDS = {errno.ENOSPC: "no space left on device", errno.EDQUOT: "the disk quota is used up",
+              errno.EROFS: "the output folder is on a read-only file system",
+              errno.EACCES: "no permission to write to the output folder",
+              errno.EPERM: "no permission to write to the output folder"}
+_OS_ERROR = re.compile(r"(?:os error|code:)\s*(\d+)")  # safetensors' and tokenizers' (Rust) IO errors
+
+
+def disk_error(e: BaseException) -> str | None:
+    """What went wrong with a write, in words (None when `e` is not a failed write)."""
+    code = getattr(e, "errno", None) if isinstance(e, OSError) else None
+    if code is None:
+        m = _OS_ERROR.search(str(e))
+        code = int(m.group(1)) if m else None
+    if code is None:
+        return None
+    return DISK_WORDS.get(code, f"the disk refused a write ({os.strerror(code).lower()})")
+
+
+class SaveFailed(Exception):
+    """A checkpoint could not be written; the message says why and which step, without paths."""
 
 
 @dataclass

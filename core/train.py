@@ -25,10 +25,8 @@ what to show. Does not own: corpora and batches (`core.data`), the file format
 from __future__ import annotations
 
 import contextlib
-import errno
 import math
 import os
-import re
 import threading
 import time
 from collections.abc import Callable
@@ -38,6 +36,7 @@ import torch
 import torch.nn as nn
 
 from . import checkpoint as ckpt
+from .checkpoint import SaveFailed, disk_error
 from .config import RECIPE, GPTConfig, TrainConfig, lr_at
 from .data import BatchSampler, TokenSplit, fixed_batches, load_corpus, split_tokens
 from .device import Placement, peak_flops, pick_device, pick_dtype
@@ -54,28 +53,6 @@ from .spec import RunSpec
 from .tokenizer import Tokenizer
 
 EventSink = Callable[[dict], None]
-
-# A failed write, in words a visitor understands (no path: the reason is shown to everyone).
-DISK_WORDS = {errno.ENOSPC: "no space left on device", errno.EDQUOT: "the disk quota is used up",
-              errno.EROFS: "the output folder is on a read-only file system",
-              errno.EACCES: "no permission to write to the output folder",
-              errno.EPERM: "no permission to write to the output folder"}
-_OS_ERROR = re.compile(r"(?:os error|code:)\s*(\d+)")  # safetensors' and tokenizers' (Rust) IO errors
-
-
-def disk_error(e: BaseException) -> str | None:
-    """What went wrong with a write, in words (None when `e` is not a failed write)."""
-    code = getattr(e, "errno", None) if isinstance(e, OSError) else None
-    if code is None:
-        m = _OS_ERROR.search(str(e))
-        code = int(m.group(1)) if m else None
-    if code is None:
-        return None
-    return DISK_WORDS.get(code, f"the disk refused a write ({os.strerror(code).lower()})")
-
-
-class SaveFailed(Exception):
-    """A checkpoint could not be written; the message says why and which step, without paths."""
 
 # Glassbox's CPU recipe for small char/BPE models (bench/train_cpu.py compares it with
 # nanoGPT's): TrainConfig overrides, and model overrides on top of a preset. Tuned on Tiny
