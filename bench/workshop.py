@@ -44,6 +44,7 @@ def main(argv=None) -> int:
     p.add_argument("--decode-tokens", type=int, default=24)
     p.add_argument("--duration", type=float, default=150.0, help="seconds the people use the app from Start")
     p.add_argument("--timeout", type=float, default=900.0, help="give up on the run after this many seconds")
+    p.add_argument("--settle", type=float, default=10.0, help="seconds the server is up before Start")
     a = p.parse_args(argv)
     if not DATA.is_file():
         print(json.dumps({"bench": "workshop", "skipped": f"{DATA} is absent"}), flush=True)
@@ -58,6 +59,7 @@ def main(argv=None) -> int:
         try:
             ctl = load.new_client(url)
             key = next(m["key"] for m in ctl.predict(api_name="/models") if m.get("source") == "bundled")
+            time.sleep(a.settle)  # a workshop's server has been up a while before the room presses Start
             if a.client_nice:
                 os.nice(a.client_nice)  # the people stand in for remote browsers: the server comes first
             # the people use the app from Start for --duration seconds (the 2 minutes and a bit)
