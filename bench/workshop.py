@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tempfile
 import threading
@@ -49,7 +50,6 @@ def main(argv=None) -> int:
     if not DATA.is_file():
         print(json.dumps({"bench": "workshop", "skipped": f"{DATA} is absent"}), flush=True)
         return 0
-    import os
 
     out: dict = {"bench": "workshop", "machine": describe(), "users": a.users, "think_s": a.think}
     with tempfile.TemporaryDirectory(prefix="glassbox-workshop-") as tmp:

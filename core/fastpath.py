@@ -206,18 +206,18 @@ def _time_kinds(work: dict[str, list], rows: int, budget_s: float) -> dict[str, 
     `MAX_ROUNDS` rounds): the fastest of several short passes is what a kernel costs when
     nothing else takes the CPU."""
     g = torch.Generator().manual_seed(0)
-    first = next(iter(work.values()))
-    xs = torch.randn(rows, first[0][0].size(1), generator=g)
+    xs = {w.size(1): None for pairs in work.values() for w, _, _ in pairs}  # one input per width
+    xs = {n: torch.randn(rows, n, generator=g) for n in sorted(xs)}
     best = {k: float("inf") for k in work}
     start = time.perf_counter()
     with torch.no_grad():
         for k, pairs in work.items():  # warm-up: first calls build kernels and fault in pages
-            _apply(k, xs, *pairs[0])
+            _apply(k, xs[pairs[0][0].size(1)], *pairs[0])
         for rnd in range(MAX_ROUNDS):
             for k, pairs in work.items():
                 t0 = time.perf_counter()
                 for w, c, b in pairs:
-                    _apply(k, xs, w, c, b)
+                    _apply(k, xs[w.size(1)], w, c, b)
                 best[k] = min(best[k], time.perf_counter() - t0)
             if rnd >= 2 and time.perf_counter() - start > budget_s:
                 break
@@ -245,7 +245,7 @@ def measure(model: nn.Module, budget_s: float | None = None) -> dict:
     for k in kinds:
         pairs = [(m.weight.detach(), None if k == "linear" else _make(k, m.weight.detach()),
                   None if m.bias is None else m.bias.detach()) for _, mods in shapes for m in mods]
-        whole[k] = _time_passes(pairs, k, 1, each)
+        whole[k] = _time_kinds({k: pairs}, 1, each)[k]
     one = min((k for k in kinds if k != "linear"), key=whole.get, default="linear")
     one = one if whole[one] < MARGIN * whole["linear"] else "linear"
     choice, times = {}, {"all": {"1": {k: round(v * 1e3, 4) for k, v in whole.items()}}}
@@ -263,22 +263,6 @@ def measure(model: nn.Module, budget_s: float | None = None) -> dict:
             picks.append(fastest if t[fastest] < MARGIN * t["linear"] else "linear")
         choice[name], times[name] = picks, per
     return {"kinds": choice, "ms": times, "measure_s": round(time.perf_counter() - t0, 3)}
-
-
-def _time_passes(pairs: list, kind: str, rows: int, budget_s: float) -> float:
-    """Fastest seconds of one pass over `pairs` [(weight, copy, bias)] with `kind`, 3 to MAX_ROUNDS rounds."""
-    xs = {w.size(1): torch.randn(rows, w.size(1), generator=torch.Generator().manual_seed(0)) for w, _, _ in pairs}
-    best, start = float("inf"), time.perf_counter()
-    with torch.no_grad():
-        _apply(kind, xs[pairs[0][0].size(1)], *pairs[0])  # warm-up: builds kernels, faults in pages
-        for rnd in range(MAX_ROUNDS):
-            t0 = time.perf_counter()
-            for w, c, b in pairs:
-                _apply(kind, xs[w.size(1)], w, c, b)
-            best = min(best, time.perf_counter() - t0)
-            if rnd >= 2 and time.perf_counter() - start > budget_s:
-                break
-    return best
 
 
 def shape_key(model: nn.Module) -> dict:

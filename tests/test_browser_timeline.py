@@ -5,6 +5,7 @@ step shown, the attention grid and the sample
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 
@@ -40,14 +41,23 @@ def url(tmp_path_factory, tiny_ckpt):
         expect.set_options(timeout=5_000)
 
 
-def test_moving_the_slider_changes_the_step_and_the_grid(browser, url):
-    from playwright.sync_api import expect
-
+@contextlib.contextmanager
+def tab_page(browser, url: str, tab: str):
+    """A fresh page on `url` with `tab` open; closed afterwards."""
     page = browser.new_page(viewport={"width": 1400, "height": 1000})
     page.set_default_timeout(WAIT)
     try:
         page.goto(url)
-        page.get_by_role("tab", name="Timeline", exact=True).click()
+        page.get_by_role("tab", name=tab, exact=True).click()
+        yield page
+    finally:
+        page.close()
+
+
+def test_moving_the_slider_changes_the_step_and_the_grid(browser, url):
+    from playwright.sync_api import expect
+
+    with tab_page(browser, url, "Timeline") as page:
         step = page.locator("#timeline-step")
         expect(step).to_contain_text("Step 24 of 24")  # opens on the newest run's last snapshot
         expect(step).to_contain_text("snapshot 5 of 5")
@@ -68,8 +78,6 @@ def test_moving_the_slider_changes_the_step_and_the_grid(browser, url):
         assert len(after) == len(before) and after != before
         expect(page.get_by_label("Sample from the fixed prompt at step 10")).to_be_visible()  # the nearest one
         expect(page.get_by_text("Error", exact=True)).to_have_count(0)
-    finally:
-        page.close()
 
 
 def test_the_induction_preset_fills_the_train_form(browser, url):
@@ -77,11 +85,7 @@ def test_the_induction_preset_fills_the_train_form(browser, url):
 
     from app.jobs.form import INDUCTION_PRESET
 
-    page = browser.new_page(viewport={"width": 1400, "height": 1000})
-    page.set_default_timeout(WAIT)
-    try:
-        page.goto(url)
-        page.get_by_role("tab", name="Train", exact=True).click()
+    with tab_page(browser, url, "Train") as page:
         snaps = page.get_by_role("spinbutton", name="number input for Snapshots")
         expect(snaps).to_have_value("12")  # on by default
         page.get_by_role("button", name="Preset: watch an induction head form").click()
@@ -89,5 +93,3 @@ def test_the_induction_preset_fills_the_train_form(browser, url):
         expect(snaps).to_have_value(str(INDUCTION_PRESET["snapshots"]))
         expect(page.get_by_role("combobox", name="Corpus")).to_have_value(re.compile("^induction"))
         expect(page.get_by_label("Preset", exact=True)).to_have_value("custom")
-    finally:
-        page.close()
