@@ -218,7 +218,8 @@ def test_every_render_event_takes_a_ticket_and_the_api_always_answers(app_ctx, m
     demo = build_app(app_ctx)
     n = len(tab.OUTPUT_NAMES)
     renders = [f for f in demo.fns.values() if any(getattr(o, "elem_id", None) == "attn-main" for o in f.outputs)]
-    assert len(renders) == 8  # submit, typing, layer/head, view & co, head click, token click, back, model
+    assert len(renders) == 9  # submit, typing, its settle check, layer/head, view & co, head click, token click, back,
+    # model
     assert all(len(f.outputs) == n and isinstance(f.inputs[-1], gr.State) for f in renders)  # all take tickets
     by_name = {f.fn.__name__: f for f in renders}
     assert {"answer", "live", "render", "clicked", "plot_clicked"} <= set(by_name)
@@ -345,3 +346,4 @@ def test_browser_type_open_a_head_and_go_back(page, app_url, tiny_bpe_ckpt):
 
     assert page.locator('img[src="x"]').count() == 0
     assert page.dialogs == [] and page.external_requests == []
+

@@ -201,9 +201,25 @@ if (!window.gbAttnClick) {
 # collapses the events that arrive while one is running.
 DEBOUNCE_JS = """(...args) => new Promise((done) => setTimeout(() => {
   const box = document.querySelector('#attn-text textarea');
-  if (box) args[1] = box.value;
+  if (box) args[1] = window.gbAttnSent = box.value;
   done(args);
 }, 350))"""
+# After a typing render: if the box holds other text than the newest one sent (a deferred
+# keystroke's event went missing, seen once in CI under load), render the box's text now, through
+# the bridge's `submit`, so the view never stays on a prefix of what was typed.
+SETTLE_JS = """() => {
+  const box = document.querySelector('#attn-text textarea');
+  if (box && window.gbAttnSent !== undefined && box.value !== window.gbAttnSent && window.gbAttnTrigger) {
+    window.gbAttnSent = box.value;
+    window.gbAttnTrigger('submit', {});
+  }
+  return [];
+}"""
+READ_BOX_JS = """(...args) => {
+  const box = document.querySelector('#attn-text textarea');
+  if (box) args[1] = box.value;
+  return args;
+}"""
 
 
 def as_updates(r: dict) -> tuple:
@@ -438,7 +454,8 @@ def build(ctx, model_picker: gr.Dropdown) -> None:
     text.submit(boundary(ctx)("attention", answer), ins, outputs, api_name="attention", preprocess=False,
                 **heavy)
     # `.change`, not `.input`: Gradio 6's textbox sends no `input` event for deletions (Backspace)
-    text.change(live, ins, outputs, trigger_mode="always_last", js=DEBOUNCE_JS, **quiet)
+    text.change(live, ins, outputs, trigger_mode="always_last", js=DEBOUNCE_JS, **quiet).then(None, js=SETTLE_JS)
+    bridge.submit(live, ins, outputs, js=READ_BOX_JS, **quiet)
     gr.on([layer.input, head.input], variant(view="head"), ins, outputs, **quiet)
     gr.on([view.input, color_by.input, aggregate.input, query.submit], variant(), ins, outputs, **quiet)
     bridge.click(plot_clicked, ins, outputs, **quiet)
