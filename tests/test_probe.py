@@ -35,7 +35,9 @@ def tcfg(tmp_path, **kw):
 def test_probe_times_whole_steps_and_answers_a_candidate(setup, tmp_path):
     mcfg, _, _ = setup
     out = probe_mod.probe_cpu(mcfg, tcfg(tmp_path), 4)
-    cands = probe_mod.candidates("muon", machine.bf16_matmul_ratio() < probe_mod.BF16_SLOW_RATIO)
+    # bf16 as the probe judged it (it confirms the ratio at the model's shape: a second measurement here
+    # could land on the other side of the threshold on a loaded machine)
+    cands = probe_mod.candidates("muon", "bfloat16" not in out["timings"])
     assert (out["dtype"], out["sdpa"], out["ortho"]) in cands
     assert probe_mod._key(*cands[0]) in out["timings"]  # the plain path is always measured
     assert all(isinstance(v, str) or v > 0 for v in out["timings"].values())
