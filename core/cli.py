@@ -90,7 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="sample every N steps (0: at each eval)")
     t.add_argument("--sample-prompt", default=D.sample_prompt, help="prompt for the samples")
     t.add_argument("--sample-tokens", type=int, default=D.sample_tokens, help="tokens per sample (0: no samples)")
-    t.add_argument("--log-interval", type=int, default=D.log_interval, help="a step event every N steps")
+    t.add_argument("--log-interval", type=int, default=D.log_interval, help="a step event every N steps, and after the first")
     t.add_argument("--seed", type=int, default=D.seed, help="seed for init, batches and dropout")
     x = p.add_argument_group("speed")
     x.add_argument("--device", default=D.device, choices=DEVICES, help="where to train")

@@ -188,7 +188,7 @@ def test_cli_json_lines(tmp_path):
     assert res.returncode == 0, res.stderr
     lines = [json.loads(line) for line in res.stdout.splitlines()]
     steps = [ev for ev in lines if ev["kind"] == "step"]
-    assert [ev["step"] for ev in steps] == [5, 10, 15, 20]
+    assert [ev["step"] for ev in steps] == [1, 5, 10, 15, 20]  # the first step, then every 5th
     assert all({"step", "loss", "tokens_per_s"} <= ev.keys() for ev in steps)
     assert any("val_loss" in ev for ev in lines)
     assert lines[-1]["kind"] == "done"
