@@ -96,13 +96,15 @@ def build_app(ctx: AppContext) -> gr.Blocks:
             )
             refresh_btn = gr.Button("↻ Refresh", scale=0, min_width=110, size="sm", elem_id="gb-refresh")
         notice = gr.Markdown(_notice(ctx), elem_id="gb-notice")
-        with gr.Tabs():
+        hooks = {}  # what a tab's build hands back for wiring across tabs
+        with gr.Tabs() as tabs:
             for name in TABS:
                 tab = importlib.import_module(f"app.tabs.{name}")
                 with gr.Tab(tab.TITLE, id=name) as tab_block:
-                    on_open = tab.build(ctx, picker)
-                if on_open is not None:  # a tab that fills itself when opened (the Timeline)
-                    tab_block.select(**on_open)
+                    hooks[name] = tab.build(ctx, picker) or {}
+                if "on_open" in hooks[name]:  # a tab that fills itself when opened (the Timeline)
+                    tab_block.select(**hooks[name]["on_open"])
+        _link_train_to_timeline(tabs, hooks["train"], hooks["timeline"])
 
         refresh_btn.click(refresh, picker, [picker, notice], api_visibility="private")
         demo.load(refresh, picker, [picker, notice], api_visibility="private")
@@ -111,6 +113,18 @@ def build_app(ctx: AppContext) -> gr.Blocks:
     sessions.keep_small(demo)
     demo.queue(**queue_settings())
     return demo
+
+
+def _link_train_to_timeline(tabs: gr.Tabs, train: dict, timeline: dict) -> None:
+    """The Train tab's "Scrub in Timeline": the run it shows goes in the Timeline's box, that tab
+    opens, and its opening event loads the run (whether or not Gradio fires the tab's select)."""
+    button, watch = train["to_timeline"]
+    ask = timeline["ask_for"]
+
+    def go(job):
+        return *ask["fn"](job), gr.Tabs(selected="timeline")
+
+    button.click(go, watch, [*ask["outputs"], tabs], api_visibility="private").success(**timeline["on_open"])
 
 
 # --- serving many people: the queue and the limits, each overridable by an environment variable ---

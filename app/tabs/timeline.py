@@ -94,7 +94,8 @@ def runs_with_snapshots(runs_dir: Path) -> list[str]:
 
 
 def build(ctx, model_picker: gr.Dropdown) -> dict:
-    """Build the tab; returns the event that fills it when it is opened (`app.ui` wires it to the tab's select)."""
+    """Build the tab; returns the event that fills it when it is opened (`on_open`: `app.ui` wires it to the
+    tab's select) and the one that puts a run in its box for another tab's link (`ask_for`)."""
     cache: TimelineCache = ctx.timelines
 
     def timeline_of(run: str, text: str) -> tuple[TL.Timeline, str, dict]:
@@ -175,12 +176,25 @@ def build(ctx, model_picker: gr.Dropdown) -> dict:
 
     @user_errors
     def open_tab(run_v, text_v, loaded):
-        """Opening the tab: the run list rescanned; the first time, the newest run shown."""
+        """Opening the tab: the run list rescanned; the first time (or after a link put a run in the
+        box), the run in the box, else the newest."""
         names = runs_with_snapshots(ctx.runs_dir)
         if (loaded and run_v in names) or not names:
             value = run_v if run_v in names else (names[0] if names else None)
             return gr.Dropdown(choices=names, value=value), loaded, *[gr.skip()] * len(load_outs)
-        return gr.Dropdown(choices=names, value=names[0]), True, *load(names[0], "")
+        first = run_v if run_v in names else names[0]
+        return gr.Dropdown(choices=names, value=first), True, *load(first, "")
+
+    @user_errors
+    def ask_for(job):
+        """Another tab's link to a run: it goes in the box and is loaded when the tab opens."""
+        names = runs_with_snapshots(ctx.runs_dir)
+        if not job:
+            raise ValueError("no run shown: pick one under Runs")
+        if job not in names:
+            raise ValueError(f"run {job} has no snapshots yet: the first is saved at step 0 of a run with "
+                             "Snapshots above 0")
+        return gr.Dropdown(choices=names, value=job), False
 
     @user_errors
     def scrub(run_v, text_v, i):
@@ -204,4 +218,5 @@ def build(ctx, model_picker: gr.Dropdown) -> dict:
     text.submit(load, [run, text], load_outs, **heavy)
     refresh.click(refresh_runs, run, run, **private)
     slider.input(scrub, [run, text, slider], step_outs, trigger_mode="always_last", show_progress="hidden", **heavy)
-    return dict(fn=open_tab, inputs=[run, text, loaded], outputs=[run, loaded, *load_outs], **heavy)
+    on_open = dict(fn=open_tab, inputs=[run, text, loaded], outputs=[run, loaded, *load_outs], **heavy)
+    return {"on_open": on_open, "ask_for": dict(fn=ask_for, outputs=[run, loaded])}

@@ -162,7 +162,8 @@ def patched_rows(table, st: dict) -> list[list] | None:
     return rows
 
 
-def build(ctx, model_picker: gr.Dropdown) -> None:
+def build(ctx, model_picker: gr.Dropdown) -> dict:
+    """Build the tab; returns its link to the Timeline (the button and the run it shows) for `app.ui`."""
     jobs = ctx.jobs
     zip_dir = Path(tempfile.gettempdir()) / "glassbox-downloads"
 
@@ -280,9 +281,11 @@ def build(ctx, model_picker: gr.Dropdown) -> None:
                                        interactive=False, max_height=260, wrap=True, elem_classes=["gb-fit"],
                                        column_widths=["13%", "9%", "8%", "6%", "10%", "15%", "13%", "14%", "12%"])
                 with gr.Row(equal_height=False):
-                    watch = gr.Dropdown([], value=None, label="Show run", info="Follow, resume or download this run",
+                    watch = gr.Dropdown([], value=None, label="Show run", info="Follow, resume, download or scrub this run",
                                         allow_custom_value=True, scale=2)
                     download_btn = gr.Button("Download zip", size="sm", scale=0, min_width=140)
+                    timeline_btn = gr.Button("Scrub in Timeline ›", size="sm", scale=0, min_width=160,
+                                             elem_id="train-to-timeline")
                     zip_file = gr.File(label="Checkpoint zip", visible=False, scale=1)
                 compare = gr.Dropdown([], value=[], multiselect=True, label="Compare runs")
                 with gr.Row(equal_height=False):
@@ -398,3 +401,4 @@ def build(ctx, model_picker: gr.Dropdown) -> None:
                show_progress="hidden", concurrency_limit=None, **private)
     compare.change(show_compare, compare, [compare_plot, diff_df], **private)
     download_btn.click(download, watch, zip_file, concurrency_limit=2, **private)
+    return {"to_timeline": (timeline_btn, watch)}
