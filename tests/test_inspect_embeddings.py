@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from core.inspect import embeddings as E
+from core.inspect import expression as X
 from tests.conftest import make_model
 
 
@@ -73,27 +74,27 @@ def test_cosine_neighbours_equal_brute_force():
 def test_expression_parsing_and_vector(bpe_tokenizer):
     tok = bpe_tokenizer
     labels = E.token_labels(tok, tok.vocab_size)
-    lookup = E.display_lookup(labels)
+    lookup = X.display_lookup(labels)
     speak = tok.encode(" speak")
     assert len(speak) == 1  # the tiny BPE learned this word
-    terms = E.parse_expression('·speak - "\\n" + #5', tok, lookup, tok.vocab_size)
+    terms = X.parse_expression('·speak - "\\n" + #5', tok, lookup, tok.vocab_size)
     assert [(t.sign, t.id) for t in terms] == [(1, speak[0]), (-1, tok.encode("\n")[0]), (1, 5)]
-    assert [t.id for t in E.parse_expression('" speak"', tok, lookup, tok.vocab_size)] == speak
-    assert [t.sign for t in E.parse_expression("-a-b", tok, lookup, tok.vocab_size)] == [-1, -1]
+    assert [t.id for t in X.parse_expression('" speak"', tok, lookup, tok.vocab_size)] == speak
+    assert [t.sign for t in X.parse_expression("-a-b", tok, lookup, tok.vocab_size)] == [-1, -1]
     index = E.CosineIndex(torch.randn(tok.vocab_size, 8))
     v = index.vector(terms)
     torch.testing.assert_close(v, index.E[speak[0]] - index.E[terms[1].id] + index.E[5])
     for bad, msg in [("·speak·speak·speak·xyzzy", "not one token"), ("#99999", "out of range"),
                      ("a b", "expected \\+ or -"), ("", "type a token"), ("x" * 300, "at most 200")]:
         with pytest.raises(ValueError, match=msg):
-            E.parse_expression(bad, tok, lookup, tok.vocab_size)
+            X.parse_expression(bad, tok, lookup, tok.vocab_size)
 
 
 def test_unknown_character_is_an_error_for_char_vocab(char_tokenizer):
     labels = E.token_labels(char_tokenizer, char_tokenizer.vocab_size)
     with pytest.raises(ValueError, match="not a token"):
-        E.parse_expression("é", char_tokenizer, E.display_lookup(labels), char_tokenizer.vocab_size)
-    t = E.parse_expression("a + ·", char_tokenizer, E.display_lookup(labels), char_tokenizer.vocab_size)
+        X.parse_expression("é", char_tokenizer, X.display_lookup(labels), char_tokenizer.vocab_size)
+    t = X.parse_expression("a + ·", char_tokenizer, X.display_lookup(labels), char_tokenizer.vocab_size)
     assert [x.id for x in t] == char_tokenizer.encode("a ")
 
 

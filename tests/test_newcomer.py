@@ -9,6 +9,7 @@ import math
 import numpy as np
 
 from core.inspect import embeddings as E
+from core.inspect import expression as X
 from core.inspect import tokens as T
 
 
@@ -32,12 +33,12 @@ def test_a_one_character_span_reads_as_one_character(char_tokenizer):
 def test_bare_words_take_their_leading_space_form(bpe_tokenizer):
     tok = bpe_tokenizer
     labels = E.token_labels(tok, tok.vocab_size)
-    lookup = E.display_lookup(labels)
+    lookup = X.display_lookup(labels)
     speak = tok.encode(" speak")
     assert len(speak) == 1
-    terms = E.parse_expression("speak - speak", tok, lookup, tok.vocab_size)
+    terms = X.parse_expression("speak - speak", tok, lookup, tok.vocab_size)
     assert [(t.id, t.spaced, t.text) for t in terms] == [(speak[0], True, "speak"), (speak[0], True, "speak")]
-    quoted = E.parse_expression('"s"', tok, lookup, tok.vocab_size)[0]
+    quoted = X.parse_expression('"s"', tok, lookup, tok.vocab_size)[0]
     assert not quoted.spaced and quoted.id == tok.encode("s")[0]  # quoted: exactly as written
 
 

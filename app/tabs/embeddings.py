@@ -31,6 +31,7 @@ from app.tabs import clear_when, fmt_int, md_escape, side_action, user_errors
 from app.validate import boundary
 from core import checkpoint
 from core.inspect import embeddings as emb
+from core.inspect import expression as ex
 
 TITLE = "Embeddings"
 MAX_TEXT_CHARS = 2000
@@ -172,7 +173,7 @@ def build(ctx, model_picker: gr.Dropdown) -> None:
         """Exact cosine nearest neighbours in the full dimension of a token or `a - b + c`."""
         ck = catalog.get(key)
         view = cache.vocab(key, ck)
-        terms = emb.parse_expression(expression, ck.tokenizer, view.lookup, view.shape[0])
+        terms = ex.parse_expression(expression, ck.tokenizer, view.lookup, view.shape[0])
         ids, scores = view.index.search(view.index.vector(terms), int(k), exclude=[t.id for t in terms])
         rows = [[r + 1, view.labels[i], int(i), round(float(s), 4)] for r, (i, s) in enumerate(zip(ids, scores))]
         shown = " ".join(("− " if t.sign < 0 else ("+ " if j else "")) + view.labels[t.id]
@@ -309,7 +310,7 @@ def build(ctx, model_picker: gr.Dropdown) -> None:
             with gr.Row(equal_height=True):
                 expr = gr.Textbox(label="Nearest neighbours of a token or an expression",
                                   placeholder='king - man + woman   (or ·king with its space, "quoted", #id)',
-                                  max_lines=1, max_length=emb.MAX_EXPRESSION_CHARS, scale=4, elem_id="emb-expr")
+                                  max_lines=1, max_length=ex.MAX_EXPRESSION_CHARS, scale=4, elem_id="emb-expr")
                 k_slider = gr.Slider(1, emb.MAX_NEIGHBOURS, value=10, step=1, label="k", scale=1)
                 nn_btn = gr.Button("Find", scale=0, min_width=100, elem_id="emb-find")
             nn_md = gr.Markdown(elem_id="emb-nn-note")
