@@ -143,5 +143,6 @@ def test_a_link_opens_a_stage_and_text_then_the_attention_tab(env, page):
                                                                                     timeout=WAIT)
     expect(page.locator("#attn-text textarea")).to_have_value(text, timeout=WAIT)
     expect(page.locator("#attn-query input")).to_have_value("2", timeout=WAIT)
+    expect(page.locator("#attn-notice")).to_contain_text("query token 2 ", timeout=WAIT)  # rendered, not only typed
     assert page.dialogs == [] and page.locator("img[src='x']").count() == 0
     assert json.dumps(page.dialogs) == "[]" and page.external_requests == []

@@ -81,9 +81,17 @@ EXPLORE_JS = """(stage, text, query) => {
     until(() => box(textSel), () => {
       const same = box(textSel).value === String(text);
       const before = doneSel && document.querySelector(doneSel) ? document.querySelector(doneSel).textContent : '';
+      // a later render of the text (a typing render still queued, the settle check) resets the query:
+      // it is put again until the view has shown it for five checks in a row
+      const hold = (ok = 0, left = 150) => setTimeout(() => {
+        const shown = document.querySelector(doneSel).textContent.includes(`query token ${query} `);
+        if (box(querySel).value !== String(query)) { put(box(querySel), query, true); ok = 0; }
+        else ok = shown || Number(query) < 0 ? ok + 1 : 0;
+        if (ok < 5 && left > 0) hold(ok, left - 1);
+      }, 500);
       keep(textSel, text, textSel === '#emb-text', () => {
         if (querySel) until(() => (same || document.querySelector(doneSel).textContent !== before) && box(querySel),
-                            () => put(box(querySel), query, true));
+                            () => { put(box(querySel), query, true); hold(); });
       });
     });
   };
