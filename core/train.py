@@ -340,7 +340,7 @@ class Trainer:
         cfg = self.cfg
         self.raw_model.train()
         t_start = time.perf_counter()
-        steps_timed, time_in_steps, first_event = 0, 0.0, True  # the first step is shown whatever the interval
+        steps_timed, time_in_steps, first_step = 0, 0.0, self.step + 1  # shown whatever the log interval
         last_good = str(self.resume_from) if self.resume_from is not None else None
         good_step = self.step if self.resume_from is not None else None  # of the last `latest/` saved
         try:
@@ -368,8 +368,7 @@ class Trainer:
                 tps = self.tokens_per_step / dt
                 avg = time_in_steps / steps_timed if steps_timed else dt
                 self.history.append({"step": self.step, "loss": loss, "lr": lr})
-                if first_event or self.step % cfg.log_interval == 0 or self.step == cfg.steps:
-                    first_event = False
+                if self.step in (first_step, cfg.steps) or self.step % cfg.log_interval == 0:
                     mfu = (self.mcfg.flops_per_token() * tps / self.peak) if self.peak else None
                     self._emit("step", loss=loss, lr=lr, grad_norm=norm, tokens_per_s=tps, dt=dt,
                                elapsed=time.perf_counter() - t_start, eta=avg * (cfg.steps - self.step),

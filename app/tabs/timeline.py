@@ -188,9 +188,9 @@ def build(ctx, model_picker: gr.Dropdown) -> dict:
     @user_errors
     def ask_for(job):
         """Another tab's link to a run: it goes in the box and is loaded when the tab opens."""
-        names = runs_with_snapshots(ctx.runs_dir)
         if not job:
             raise ValueError("no run shown: pick one under Runs")
+        names = runs_with_snapshots(ctx.runs_dir)
         if job not in names:
             raise ValueError(f"run {job} has no snapshots yet: the first is saved at step 0 of a run with "
                              "Snapshots above 0")
